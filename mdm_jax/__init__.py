@@ -1,0 +1,3 @@
+"""mdm-jax: Matryoshka Diffusion Models in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,212 @@
+"""Building blocks of the NestedUNet (NHWC): ResNet, spatial attention with text cross-attention, resampling.
+
+Submodule names mirror ml-mdm's module names (``conv1``, ``time_layer``, ``qkv``, ``ffn_1`` ...) so that a
+PyTorch state-dict key maps onto a Flax parameter path by replacing ``.N`` with ``_N`` (see ``convert``).
+Numerics follow ml-mdm: GroupNorm/LayerNorm eps 1e-5, exact GELU, q and k each scaled by ch^-1/4, float32
+softmax, symmetric padding for stride-2 convolutions, nearest upsampling then a 3x3 conv.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+NORM_EPS = 1e-5
+PAD1 = ((1, 1), (1, 1))
+
+
+def group_norm(groups: int, dtype: Dtype, name: str) -> nn.GroupNorm:
+    # Two-pass variance: PyTorch's GroupNorm does not use E[x^2]-E[x]^2, and parity needs the same rounding.
+    return nn.GroupNorm(num_groups=groups, epsilon=NORM_EPS, dtype=dtype, use_fast_variance=False, name=name)
+
+
+def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=NORM_EPS, dtype=dtype, use_fast_variance=False, name=name)
+
+
+def conv3x3(features: int, dtype: Dtype, name: str | None, stride: int = 1, **kwargs: Any) -> nn.Conv:
+    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=PAD1, dtype=dtype, name=name, **kwargs)
+
+
+def gelu(x: Array) -> Array:
+    return nn.gelu(x, approximate=False)
+
+
+def multi_head_attention(q: Array, k: Array, v: Array, num_heads: int, mask: Array | None = None) -> Array:
+    """Scaled dot-product attention over (B, L, C) inputs, heads as contiguous channel blocks.
+
+    q and k are each scaled by ch^-1/4 (ml-mdm's fp16-friendly split of 1/sqrt(ch)); the softmax runs in float32.
+    ``mask`` (B, S) with 1 for real tokens masks keys; a fully masked row gives uniform weights, not NaN.
+    """
+    b, lq, c = q.shape
+    ch = c // num_heads
+    scale = 1.0 / math.sqrt(math.sqrt(ch))
+    q = (q * scale).reshape(b, lq, num_heads, ch)
+    k = (k * scale).reshape(b, k.shape[1], num_heads, ch)
+    v = v.reshape(b, v.shape[1], num_heads, ch)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :] > 0, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, lq, c)
+
+
+class ResNet(nn.Module):
+    """GN -> SiLU -> conv -> GN·(1+scale)+shift -> SiLU -> dropout -> conv (zero-init), plus a (1x1) skip."""
+
+    out_channels: int
+    groups: int = 32
+    dropout: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, temb: Array) -> Array:
+        c_in = x.shape[-1]
+        h = nn.silu(group_norm(self.groups, self.dtype, "norm1")(x))
+        h = conv3x3(self.out_channels, self.dtype, "conv1")(h)
+        film = nn.Dense(2 * self.out_channels, dtype=self.dtype, name="time_layer")(nn.silu(temb))
+        if h.shape[0] > film.shape[0]:  # more image rows than embeddings (video frames): repeat per row
+            film = jnp.repeat(film, h.shape[0] // film.shape[0], axis=0)
+        scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
+        h = group_norm(self.groups, self.dtype, "norm2")(h) * (1 + scale) + shift
+        h = nn.silu(h)
+        h = nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
+        h = conv3x3(self.out_channels, self.dtype, "conv2", kernel_init=nn.initializers.zeros)(h)
+        if c_in != self.out_channels:
+            x = nn.Dense(self.out_channels, dtype=self.dtype, name="conv3")(x)
+        return h + x
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention over pixels plus cross-attention to text, summed before ``proj_out``; optional FFN.
+
+    Cross-attention reuses the self-attention queries and has its own softmax (ml-mdm's ``SelfAttention``).
+    """
+
+    num_heads: int = 8
+    cond_dim: int = -1
+    use_ffn: bool = False
+    groups: int = 32
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, cond: Array | None = None, cond_mask: Array | None = None) -> Array:
+        b, h, w, c = x.shape
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(group_norm(self.groups, self.dtype, "norm")(x))
+        q, k, v = jnp.split(qkv.reshape(b, h * w, 3 * c), 3, axis=-1)
+        out = multi_head_attention(q, k, v, self.num_heads)
+        if self.cond_dim > 0:
+            if cond is None:
+                raise ValueError("lm_outputs: this model cross-attends to text; pass text features")
+            kv = nn.Dense(2 * c, dtype=self.dtype, name="kv_cond")(layer_norm(self.dtype, "norm_cond")(cond))
+            k_c, v_c = jnp.split(kv, 2, axis=-1)
+            out = out + multi_head_attention(q, k_c, v_c, self.num_heads, cond_mask)
+        out = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(out)
+        x = x + out.reshape(b, h, w, c)
+        if self.use_ffn:
+            y = group_norm(self.groups, self.dtype, "ffn_0")(x)
+            y = gelu(nn.Dense(4 * c, dtype=self.dtype, name="ffn_1")(y))
+            x = x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="ffn_3")(y)
+        return x
+
+
+class ResNetBlock(nn.Module):
+    """``num_resnets`` ResNets, each followed by ``num_attention`` attention layers, then an optional resample.
+
+    In the up path each ResNet first concatenates ``[x, skip]`` (x first). Returns the activations that join the
+    UNet skip list: each ResNet's output, then the resampled output.
+    """
+
+    out_channels: int
+    num_resnets: int
+    num_attention: int = 0
+    resample: str | None = None  # "down" | "up" | None
+    cond_dim: int = -1
+    use_ffn: bool = False
+    num_heads: int = 8
+    groups: int = 32
+    dropout: float = 0.0
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, temb: Array, skips: list[Array] | None = None, cond: Array | None = None,
+                 cond_mask: Array | None = None, deterministic: bool = True,
+                 return_activations: bool = False) -> Array | tuple[Array, list[Array]]:
+        resnet_cls = nn.remat(ResNet) if self.remat else ResNet
+        attn_cls = nn.remat(SpatialAttention) if self.remat else SpatialAttention
+        activations = []
+        for i in range(self.num_resnets):
+            if skips is not None:
+                x = jnp.concatenate([x, skips[i]], axis=-1)
+            x = resnet_cls(self.out_channels, self.groups, self.dropout, deterministic, self.dtype,
+                           name=f"resnets_{i}")(x, temb)
+            for j in range(self.num_attention):
+                x = attn_cls(self.num_heads, self.cond_dim, self.use_ffn, self.groups, self.dtype,
+                             name=f"attn_{i * self.num_attention + j}")(x, cond, cond_mask)
+            activations.append(x)
+        if self.resample == "down":
+            x = conv3x3(self.out_channels, self.dtype, "resample", stride=2)(x)
+            activations.append(x)
+        elif self.resample == "up":
+            x = upsample_nearest(x)
+            x = conv3x3(self.out_channels, self.dtype, "resample")(x)
+            activations.append(x)
+        return (x, activations) if return_activations else x
+
+
+def upsample_nearest(x: Array, factor: int = 2) -> Array:
+    """Pixel replication (PyTorch's default ``F.interpolate`` mode), computed in float32."""
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    x = jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+    return x.astype(dtype)
+
+
+class SelfAttention1D(nn.Module):
+    """Token self-attention of the text head: LN -> qkv -> attention -> zero-init out projection, residual."""
+
+    num_heads: int = 8
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        c = x.shape[-1]
+        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(layer_norm(self.dtype, "norm")(x))
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        h = multi_head_attention(q, k, v, self.num_heads, mask)
+        return x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(h)
+
+
+class MLP(nn.Module):
+    """LN -> Linear(4C) -> exact GELU -> zero-init Linear(C), residual (ml-mdm's ``MLP.main``)."""
+
+    multiplier: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        y = layer_norm(self.dtype, "main_0")(x)
+        y = gelu(nn.Dense(self.multiplier * c, dtype=self.dtype, name="main_1")(y))
+        return x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="main_3")(y)
+
+
+class TextHeadLayer(nn.Module):
+    """One of the paper's "learnable self-attention layers" on top of the frozen language model features."""
+
+    num_heads: int = 8
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        x = SelfAttention1D(self.num_heads, self.dtype, name="attn")(x, mask)
+        return MLP(4, self.dtype, name="mlp")(x)

@@ -1,0 +1,279 @@
+"""Validated, hashable description of a (Nested)UNet, built from an ml_collections config.
+
+Flax modules want hashable, immutable attributes and users want errors that name the bad field, so the
+config (data) is turned into a tree of frozen dataclasses (``UNetSpec``) once, up front. Field names follow
+ml-mdm's ``UNetConfig``/``NestedUNetConfig`` so that a checkpoint's pickled ``args`` maps over directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+NUM_GROUPS_NORM = 32
+
+
+class ConfigError(ValueError):
+    """A model config field has a bad value; the message names the field and what was expected."""
+
+
+def _ints(value: Any, field: str, path: str) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}{field}: expected a list of ints, got {value!r}") from e
+
+
+def parse_micro_conditioning(value: str | None) -> tuple[tuple[str, float], ...]:
+    """'scale:64,foo:0' -> (('scale', 64.0), ('foo', 0.0)), ml-mdm's LABEL:DEFAULT format."""
+    if not value:
+        return ()
+    out = []
+    for item in str(value).split(","):
+        key, _, default = item.partition(":")
+        if not key or not default:
+            raise ConfigError(f"micro_conditioning: expected 'label:default[,label:default]', got {value!r}")
+        out.append((key.strip(), float(default)))
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetSpec:
+    """One level of a NestedUNet (or a plain UNet when ``inner`` is None).
+
+    ``cond_dim`` is the effective width of the text features this level's cross-attention reads (ml-mdm
+    overwrites ``conditioning_feature_dim`` with ``conditioning_feature_proj_dim`` when the latter is > 0);
+    ``input_cond_dim`` is the width of the features this level receives.
+    """
+
+    resolution: int
+    resolution_channels: tuple[int, ...]
+    num_resnets_per_resolution: tuple[int, ...]
+    attention_levels: tuple[int, ...] = ()
+    num_attention_layers: tuple[int, ...] = ()
+    temporal_dim: int = 1024
+    input_cond_dim: int = -1
+    cond_dim: int = -1
+    conditioning_feature_proj_dim: int = -1
+    num_lm_head_layers: int = 0
+    masked_cross_attention: bool = False
+    skip_mid_blocks: bool = False
+    skip_cond_emb: bool = False
+    micro_conditioning: tuple[tuple[str, float], ...] = ()
+    use_attention_ffn: bool = True
+    num_groups_norm: int = NUM_GROUPS_NORM
+    num_heads: int = 8
+    dropout: float = 0.0
+    num_classes: int = 0
+    input_channels: int = 3
+    output_channels: int = 3
+    # Nested levels only.
+    inner: UNetSpec | None = None
+    skip_normalization: bool = True
+    skip_inner_unet_input: bool = False
+    nesting: bool = False  # True when this level sits inside another one.
+
+    # ---- derived facts -------------------------------------------------------------------------------
+    @property
+    def num_resolutions(self) -> int:
+        return len(self.resolution_channels)
+
+    @property
+    def is_nested(self) -> bool:
+        return self.inner is not None
+
+    @property
+    def nest_ratio(self) -> int:
+        """Spatial factor between this level's input and its inner level's input."""
+        return 2 ** (self.num_resolutions - 1)
+
+    @property
+    def levels(self) -> list[UNetSpec]:
+        """All levels, outermost (highest resolution) first."""
+        out, spec = [], self
+        while spec is not None:
+            out.append(spec)
+            spec = spec.inner
+        return out
+
+    @property
+    def innermost(self) -> UNetSpec:
+        return self.levels[-1]
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return tuple(level.resolution for level in self.levels)
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """Per-level size ratio to the innermost level (ml-mdm's ``nest_ratio + [1]``), high -> low."""
+        low = self.resolutions[-1]
+        return tuple(r // low for r in self.resolutions)
+
+    def attention_layers_at(self, level: int) -> int:
+        if level not in self.attention_levels:
+            return 0
+        return self.num_attention_layers[level]
+
+    @property
+    def builds_text_conditioning(self) -> bool:
+        """ml-mdm builds lm_proj/lm_head/cond_emb here (only the innermost level ever runs them)."""
+        return self.input_cond_dim > 0 and not self.skip_cond_emb
+
+    @property
+    def uses_text(self) -> bool:
+        return self.innermost.input_cond_dim > 0
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """Read a field from a ConfigDict/dict/dataclass; None counts as absent."""
+    value = cfg.get(key, None) if isinstance(cfg, Mapping) or hasattr(cfg, "get") else getattr(cfg, key, None)
+    return default if value is None else value
+
+
+def spec_from_config(cfg: Mapping[str, Any], *, resolution: int | None = None,
+                     input_cond_dim: int | None = None, num_classes: int | None = None,
+                     nesting: bool = False, path: str = "") -> UNetSpec:
+    """Build and validate a ``UNetSpec`` tree from a (nested) config mapping.
+
+    ``cfg`` uses ml-mdm's field names (``resolution_channels``, ``num_resnets_per_resolution``,
+    ``attention_levels``, ``num_attention_layers``, ``conditioning_feature_dim``, ``inner_config``, ...) plus
+    ``resolution`` (input size of the outermost level; inner sizes follow from the nest ratio) and
+    ``num_classes`` (class conditioning, absent in ml-mdm; given at the top, it is owned by the innermost level,
+    next to ``cond_emb``). ``resnet_config`` fields may be nested as in ml-mdm or
+    given flat (``use_attention_ffn``, ``num_groups_norm``, ``dropout``).
+    """
+    def get(key: str, default: Any = None) -> Any:
+        return _get(cfg, key, default)
+
+    resnet_cfg = get("resnet_config", {})
+
+    def rget(key: str, default: Any) -> Any:  # flat field first, then ml-mdm's nested resnet_config
+        return get(key, _get(resnet_cfg, key, default))
+
+    channels = _ints(get("resolution_channels"), "resolution_channels", path)
+    if not channels:
+        raise ConfigError(f"{path}resolution_channels: expected a non-empty list of ints")
+    n = len(channels)
+    resnets = _ints(get("num_resnets_per_resolution", 2), "num_resnets_per_resolution", path)
+    if len(resnets) == 1:
+        resnets = resnets * n
+    if len(resnets) != n:
+        raise ConfigError(f"{path}num_resnets_per_resolution: expected {n} values (one per resolution_channels "
+                          f"entry), got {list(resnets)}")
+    attn_levels = _ints(get("attention_levels", ()), "attention_levels", path)
+    attn_layers = _ints(get("num_attention_layers", 1), "num_attention_layers", path)
+    if len(attn_layers) == 1:
+        attn_layers = attn_layers * n
+    if len(attn_layers) != n:
+        raise ConfigError(f"{path}num_attention_layers: expected {n} values, got {list(attn_layers)}")
+    for lvl in attn_levels:
+        if not 0 <= lvl < n:
+            raise ConfigError(f"{path}attention_levels: level {lvl} out of range 0..{n - 1}")
+
+    groups = int(rget("num_groups_norm", NUM_GROUPS_NORM))
+    for i, c in enumerate(channels):
+        if c % groups:
+            raise ConfigError(f"{path}resolution_channels[{i}]: {c} is not divisible by the {groups} GroupNorm "
+                              f"groups (expected a multiple of {groups})")
+
+    td = get("temporal_dim", None)
+    td = 4 * channels[0] if td is None or int(td) <= 0 else int(td)
+    if td % 8:
+        raise ConfigError(f"{path}temporal_dim: {td} must be a multiple of 8 (td/8 sinusoid frequencies)")
+
+    res = get("resolution", None) if resolution is None else resolution
+    if res is None:
+        raise ConfigError(f"{path}resolution: required (input size of this level)")
+    res = int(res)
+    if res % (2 ** (n - 1)):
+        raise ConfigError(f"{path}resolution: {res} is not divisible by 2**{n - 1} (the level downsamples "
+                          f"{n - 1} times)")
+
+    feat = int(get("conditioning_feature_dim", -1) if input_cond_dim is None else input_cond_dim)
+    proj = int(get("conditioning_feature_proj_dim", -1))
+    cond_dim = proj if feat > 0 and proj > 0 else feat
+
+    heads = int(get("num_heads", 8))
+    for lvl in attn_levels:
+        if attn_layers[lvl] and channels[lvl] % heads:
+            raise ConfigError(f"{path}resolution_channels[{lvl}]: {channels[lvl]} not divisible by num_heads={heads}")
+
+    classes = int(get("num_classes", 0) if num_classes is None else num_classes)
+    if classes < 0:
+        raise ConfigError(f"{path}num_classes: expected >= 0, got {classes}")
+    inner_cfg = get("inner_config", None)
+    is_nested = bool(inner_cfg)
+    inner = None
+    if is_nested:
+        inner_res = res // 2 ** (n - 1)
+        declared = inner_cfg.get("resolution", None) if hasattr(inner_cfg, "get") else None
+        if declared is not None and int(declared) != inner_res:
+            raise ConfigError(
+                f"{path}inner_config.resolution: {declared} does not nest inside resolution {res} with "
+                f"{n} resolution_channels (expected {res} / 2**{n - 1} = {inner_res})")
+        inner = spec_from_config(inner_cfg, resolution=inner_res, input_cond_dim=cond_dim,
+                                 num_classes=classes, nesting=True, path=f"{path}inner_config.")
+        if inner.resolution_channels[0] % groups:
+            raise ConfigError(f"{path}inner_config.resolution_channels[0]: not divisible by {groups}")
+        if inner.temporal_dim != td:
+            raise ConfigError(f"{path}temporal_dim: every level needs the same temporal_dim (cond_emb is shared); "
+                              f"got {td} here and {inner.temporal_dim} in inner_config")
+
+    spec = UNetSpec(
+        resolution=res,
+        resolution_channels=channels,
+        num_resnets_per_resolution=resnets,
+        attention_levels=attn_levels,
+        num_attention_layers=attn_layers,
+        temporal_dim=td,
+        input_cond_dim=feat,
+        cond_dim=cond_dim,
+        conditioning_feature_proj_dim=proj,
+        num_lm_head_layers=int(get("num_lm_head_layers", 0)),
+        masked_cross_attention=bool(int(get("masked_cross_attention", 0))),
+        skip_mid_blocks=bool(get("skip_mid_blocks", is_nested)),
+        skip_cond_emb=bool(get("skip_cond_emb", is_nested)),
+        micro_conditioning=parse_micro_conditioning(get("micro_conditioning", None)),
+        use_attention_ffn=bool(rget("use_attention_ffn", False)),
+        num_groups_norm=groups,
+        num_heads=heads,
+        dropout=float(rget("dropout", 0.0)),
+        num_classes=0 if is_nested else classes,
+        input_channels=int(get("input_channels", 3)),
+        output_channels=int(get("output_channels", 3)),
+        inner=inner,
+        skip_normalization=bool(get("skip_normalization", True)),
+        skip_inner_unet_input=bool(get("skip_inner_unet_input", False)),
+        nesting=nesting,
+    )
+    if spec.num_lm_head_layers and spec.builds_text_conditioning and spec.cond_dim % heads:
+        raise ConfigError(f"{path}conditioning_feature_proj_dim: {spec.cond_dim} not divisible by {heads} heads")
+    return spec
+
+
+def expected_input_shapes(spec: UNetSpec, batch: int) -> list[tuple[int, int, int, int]]:
+    """NHWC shapes of the inputs, high -> low."""
+    return [(batch, lvl.resolution, lvl.resolution, lvl.input_channels) for lvl in spec.levels]
+
+
+def check_inputs(spec: UNetSpec, xs: Sequence[Any]) -> None:
+    """Raise a ConfigError naming the level and expected shape when inputs do not match the spec."""
+    levels = spec.levels
+    if len(xs) != len(levels):
+        raise ConfigError(f"inputs: expected {len(levels)} arrays (one per level, high -> low resolutions "
+                          f"{[lvl.resolution for lvl in levels]}), got {len(xs)}")
+    for i, (x, lvl) in enumerate(zip(xs, levels)):
+        want = (lvl.resolution, lvl.resolution, lvl.input_channels)
+        if x.ndim != 4 or tuple(x.shape[1:]) != want:
+            raise ConfigError(f"inputs[{i}]: expected NHWC shape (B, {want[0]}, {want[1]}, {want[2]}) for level "
+                              f"{i}, got {tuple(x.shape)}")
+    for i in range(1, len(xs)):
+        if xs[i].shape[0] < xs[i - 1].shape[0]:
+            raise ConfigError(f"inputs[{i}]: a lower level needs at least as many rows as the level above "
+                              f"({xs[i - 1].shape[0]}), got {xs[i].shape[0]}")

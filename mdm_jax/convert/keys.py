@@ -58,10 +58,10 @@ def unused_by_forward(spec: UNetSpec) -> list[str]:
 
     These are not errors (the original model has them too); they are reported and dropped.
     """
-    prefixes, prefix = [], ""
-    for level in spec.levels[:-1]:
-        prefixes += [f"{prefix}{name}." for name in ("mid_blocks", "cond_emb", "lm_proj", "lm_head", "interp_layer1", "interp_layer2")]
-        prefix += "inner_unet."
+    names = ("mid_blocks", "cond_emb", "lm_proj", "lm_head", "interp_layer1", "interp_layer2")
+    prefixes = []
+    for depth in range(len(spec.levels) - 1):
+        prefixes += [f"{'inner_unet.' * depth}{name}." for name in names]
     return prefixes
 
 

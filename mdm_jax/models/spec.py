@@ -268,7 +268,7 @@ def check_inputs(spec: UNetSpec, xs: Sequence[Any]) -> None:
     if len(xs) != len(levels):
         raise ConfigError(f"inputs: expected {len(levels)} arrays (one per level, high -> low resolutions "
                           f"{[lvl.resolution for lvl in levels]}), got {len(xs)}")
-    for i, (x, lvl) in enumerate(zip(xs, levels)):
+    for i, (x, lvl) in enumerate(zip(xs, levels, strict=True)):
         want = (lvl.resolution, lvl.resolution, lvl.input_channels)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ConfigError(f"inputs[{i}]: expected NHWC shape (B, {want[0]}, {want[1]}, {want[2]}) for level "

@@ -135,7 +135,7 @@ class UNet(nn.Module):
 
     def up(self, x: Array, temb: Array, skips: list[Array], cond: Conditioning, deterministic: bool) -> Array:
         skips = list(skips)
-        for block, level in zip(self.up_blocks, reversed(range(self.spec.num_resolutions))):
+        for block, level in zip(self.up_blocks, reversed(range(self.spec.num_resolutions)), strict=True):
             k = self.spec.num_resnets_per_resolution[level] + 1
             taken, skips = skips[-k:][::-1], skips[:-k]
             x = block(x, temb, taken, cond.text, cond.mask, deterministic)

@@ -1,0 +1,101 @@
+"""The paper's NestedUNet architectures (Appendix A) as ml_collections configs.
+
+Names spell the nested resolutions low to high as in the paper (``S64S256`` = a 256 level around the 64 UNet).
+Defaults reproduce apple/ml-mdm's released models (text width 2048 from FLAN-T5-XL projected to 2048, no text
+self-attention head), whose parameter counts are 461,359,107 (S64), 476,613,958 (S64S256) and 480,970,057
+(S64S256S1024). ``paper_text_head=True`` gives Appendix A's literal text settings instead (two learnable
+self-attention layers on 1024-d projected features).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Per outer level: resolution -> (resolution_channels, num_resnets_per_resolution), from Appendix A.
+_OUTER = {
+    # S64S256 / S64S256S1024 (two downsamplings, factor 4 per level).
+    ("x4", 256): ([64, 128, 256], [2, 2, 1]),
+    ("x4", 1024): ([32, 32, 64], [2, 2, 1]),
+    # S64S128S256 / S64S128S256S512S1024 (one downsampling, factor 2 per level).
+    ("x2", 128): ([128, 256], [2, 1]),
+    ("x2", 256): ([64, 128], [2, 1]),
+    ("x2", 512): ([32, 64], [2, 1]),
+    ("x2", 1024): ([32, 32], [2, 1]),
+}
+
+ARCHITECTURES = {
+    "S64": (64,),
+    "S64S256": (256, 64),
+    "S64S128S256": (256, 128, 64),
+    "S64S256S1024": (1024, 256, 64),
+    "S64S128S256S512S1024": (1024, 512, 256, 128, 64),
+}
+
+
+def base_unet(cond_dim: int = 2048, proj_dim: int = 2048, lm_head_layers: int = 0) -> ml_collections.ConfigDict:
+    """MDM-S64: the 64x64 UNet every model nests (ml-mdm ``cc12m_64x64``)."""
+    return ml_collections.ConfigDict({
+        "resolution": 64,
+        "resolution_channels": [256, 512, 768],
+        "num_resnets_per_resolution": [2, 2, 2],
+        "attention_levels": [1, 2],
+        "num_attention_layers": [0, 1, 5],
+        "num_heads": 8,
+        "temporal_dim": 1024,
+        "conditioning_feature_dim": cond_dim,
+        "conditioning_feature_proj_dim": proj_dim,
+        "num_lm_head_layers": lm_head_layers,
+        "masked_cross_attention": 0,
+        "skip_mid_blocks": False,
+        "skip_cond_emb": False,
+        "micro_conditioning": "scale:64",
+        "resnet_config": {"num_groups_norm": 32, "dropout": 0.0, "use_attention_ffn": True},
+    })
+
+
+def outer_level(resolution: int, inner: ml_collections.ConfigDict, factor: int, *,
+                normalize_input: bool) -> ml_collections.ConfigDict:
+    """A nested level around ``inner``: convolutions only, no mid blocks, no attention (Appendix A)."""
+    channels, resnets = _OUTER[(f"x{factor}", resolution)]
+    return ml_collections.ConfigDict({
+        "resolution": resolution,
+        "resolution_channels": channels,
+        "num_resnets_per_resolution": resnets,
+        "attention_levels": [],
+        "num_attention_layers": [0] * len(channels),
+        "num_heads": 8,
+        "temporal_dim": 1024,
+        "conditioning_feature_dim": inner.conditioning_feature_dim,
+        "conditioning_feature_proj_dim": -1,
+        "num_lm_head_layers": 0,
+        "masked_cross_attention": 1,
+        "skip_mid_blocks": True,
+        "skip_cond_emb": True,
+        "micro_conditioning": f"scale:{resolution}",
+        "resnet_config": {"num_groups_norm": 32, "dropout": 0.0, "use_attention_ffn": False},
+        "skip_normalization": not normalize_input,
+        "skip_inner_unet_input": False,
+        "inner_config": inner,
+    })
+
+
+def get_architecture(name: str, *, cond_dim: int = 2048, num_classes: int = 0,
+                     paper_text_head: bool = False) -> ml_collections.ConfigDict:
+    """Model config of a named architecture (``ARCHITECTURES``).
+
+    ``cond_dim``: width of the text features (2048 for FLAN-T5-XL; -1 for no text). ``num_classes`` > 0 adds
+    the class embedding (ImageNet). Intermediate levels normalise their input by its std, as the middle level of
+    ml-mdm's 1024 model does; the outermost level does not.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(f"architecture: unknown {name!r}; expected one of {sorted(ARCHITECTURES)}")
+    resolutions = ARCHITECTURES[name]
+    proj, head = (1024, 2) if paper_text_head else (cond_dim, 0)
+    if cond_dim <= 0:
+        proj, head = -1, 0
+    cfg = base_unet(cond_dim, proj, head)
+    for depth, (res, low) in enumerate(zip(resolutions[-2::-1], resolutions[::-1], strict=False)):
+        outermost = depth == len(resolutions) - 2
+        cfg = outer_level(res, cfg, res // low, normalize_input=not outermost)
+    cfg.num_classes = num_classes
+    return cfg

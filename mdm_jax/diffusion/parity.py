@@ -1,0 +1,300 @@
+"""Checks of the diffusion core against ml-mdm's parity fixtures (``shared/parity`` format, see its README).
+
+Each ``check_*`` returns a list of ``(name, max_abs_err, tol, ok)`` rows so the project's parity command can
+print and aggregate them. Fixtures are NCHW (ml-mdm layout); everything is transposed to NHWC here. Functions
+that need the network take ``model_fn(xs, t, cond) -> list`` in our NHWC convention (built by the model code
+from the converted ``unet_<name>.npz`` weights), or ``jax.tree_util.Partial(apply_fn, params)``.
+
+Tolerances (absolute, on float32 values; chosen from the fixture README section 8, and stated per row):
+schedules/timesteps 0 (float32 tables are bitwise); gamma values 0; single-step and thresholding math
+1e-6 + 1e-6 * max|ref| (ml-mdm's CPU float32 sqrt/divide is ~1 ulp off correct rounding on some values);
+loss inputs (x_t, targets) 1e-6; network outputs 1e-5; eps-hat 5e-5 (divides by sqrt(1-g) ~ 9e-3 at time 0);
+mse/losses/loss 1e-5 + 1e-5 * |ref|; sampler trajectory states and images 1e-3 (the brief's bound; a correct
+float32 port lands near 1e-5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdm_jax.diffusion import loss as loss_lib
+from mdm_jax.diffusion import process, sampler, schedules
+from mdm_jax.diffusion.spec import DiffusionSpec
+
+Row = tuple[str, float, float, bool]
+ModelFn = Callable[[list[jax.Array], jax.Array, Mapping[str, jax.Array]], list[jax.Array]]
+
+STEP_TOL = 1e-6
+STEP_RTOL = 1e-6
+NET_TOL = 1e-5
+EPS_HAT_TOL = 5e-5
+LOSS_TOL = 1e-5
+TRAJ_TOL = 1e-3
+
+# Loss variants stored in the fixtures -> DiffusionSpec overrides (README section 5 / configs.json).
+LOSS_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "vdm": {"use_vdm_loss_weights": True},
+    "weighted": {"multi_res_weights": "4:1"},
+    "single": {"use_double_loss": False},
+}
+
+
+def parity_dir() -> Path:
+    """``$MDM_PARITY_DIR`` or ``<repo>/../shared/parity``."""
+    env = os.environ.get("MDM_PARITY_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "parity"
+
+
+def _load(npz: str | os.PathLike | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    if isinstance(npz, Mapping):
+        return npz
+    with np.load(npz, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    """Fixture tensors are NCHW; the port is NHWC."""
+    x = np.asarray(x)
+    return np.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def _row(name: str, got: Any, ref: np.ndarray, tol: float, rtol: float = 0.0) -> Row:
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        return (f"{name} (shape {got.shape} != {ref.shape})", float("inf"), tol, False)
+    err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+    bound = tol + rtol * (float(np.max(np.abs(ref))) if ref.size else 0.0)
+    return (name, err, bound, bool(err <= bound))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Network-free checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_schedules(npz: str | os.PathLike | Mapping[str, np.ndarray]) -> list[Row]:
+    """schedules.npz: gamma tables (float32 and float64), VDM weights, shifted per-level tables, timestep lists."""
+    d = _load(npz)
+    rows: list[Row] = []
+    names = {"deepfloyd": "deepfloyd", "cosine": "cosine", "ddpm_linear": "ddpm"}
+    for key, st in names.items():
+        if f"{key}/gammas" not in d:
+            continue
+        g = schedules.gamma_table(st)
+        rows.append(_row(f"{key}/gammas", g, d[f"{key}/gammas"], 0.0))
+        if f"{key}/gammas_f64" in d:
+            # float64 construction is 1 ulp (<= 2.3e-16) off on some entries: libm/SIMD exp/log differences.
+            rows.append(_row(f"{key}/gammas_f64", schedules.gamma_table_f64(st), d[f"{key}/gammas_f64"], 1e-15))
+        rows.append(_row(f"{key}/vdm_loss_weights", schedules.vdm_loss_weights(g), d[f"{key}/vdm_loss_weights"], 0.0))
+    base = schedules.gamma_table("deepfloyd")
+    for k in sorted({k.split("/")[1] for k in d if k.startswith("shift/")}):
+        scales = [int(s) for s in d[f"shift/{k}/scales"]]
+        power = float(d[f"shift/{k}/power"])
+        got = schedules.level_gamma_tables(base, scales, power, shifted=True)
+        rows.append(_row(f"shift/{k}/gammas", got, d[f"shift/{k}/gammas"], 0.0))
+    for k in sorted((k for k in d if k.startswith("timesteps/n")), key=lambda s: int(s.split("n")[-1])):
+        n = int(k.split("n")[-1])
+        rows.append(_row(k, schedules.sampling_timesteps(n), d[k], 0.0))
+    return rows
+
+
+def check_sampler_steps(npz: str | os.PathLike | Mapping[str, np.ndarray]) -> list[Row]:
+    """sampler_<name>.npz ``step/*`` (conversions, DDPM/DDIM updates) and ``thr/*`` (thresholding)."""
+    d = _load(npz)
+    f = {k: jnp.asarray(nchw_to_nhwc(d[k])) for k in d if k.startswith(("step/", "thr/"))}
+    rows: list[Row] = []
+    table = schedules.gamma_table("deepfloyd")
+    rows.append(_row("step/gamma_t", table[d["step/t"]], d["step/gamma_t"], 0.0))
+    rows.append(_row("step/gamma_s", table[d["step/s"]], d["step/gamma_s"], 0.0))
+    gt, gs = f["step/gamma_t"], f["step/gamma_s"]
+    x_t, v, z = f["step/x_t"], f["step/v"], f["step/noise"]
+
+    def add(name: str, got: Any) -> None:
+        rows.append(_row(name, got, nchw_to_nhwc(d[name]), STEP_TOL, STEP_RTOL))
+
+    x0 = process.x0_from_v(x_t, v, gt)
+    add("step/x0_from_v", x0)
+    add("step/eps_from_v", process.eps_from_x0(x_t, x0, gt))
+    add("step/x0_from_eps_pred", process.x0_from_eps(x_t, v, gt))
+    add("step/eps_from_x0", process.eps_from_x0(x_t, f["step/x0_from_v"], gt))
+    add("step/v_from_x0", process.v_from_x0(x_t, f["step/x0_from_v"], gt))
+    for mode, method, eta, noisy in (("ddpm", "ddpm", 0.0, True), ("ddim_eta0", "ddim", 0.0, False),
+                                     ("ddim_eta1", "ddim", 1.0, True)):
+        for thr in ("clip", "dynamic_if"):
+            if f"step/{mode}_{thr}/x_s" not in d:
+                continue
+            x0o, xs = sampler.update_step(x_t, v, gt, gs, prediction_type="v", method=method, eta=eta,
+                                          noise=z if noisy else None, threshold_kind=thr)
+            add(f"step/{mode}_{thr}/x0", x0o)
+            add(f"step/{mode}_{thr}/x_s", xs)
+    x_in = f["thr/x0_in"]
+    for kind in ("clip", "dynamic", "dynamic_if", "none"):
+        add(f"thr/{kind}", sampler.threshold(x_in, kind))
+    for kind in ("dynamic", "dynamic_if"):
+        q, m = sampler.DYNAMIC_DEFAULTS[kind]
+        add(f"thr/{kind}_s", sampler.dynamic_threshold(x_in, q, m)[1])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks that need the network
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def spec_for_fixture(name: str, configs_json: str | os.PathLike | Mapping[str, Any] | None = None,
+                     **overrides: Any) -> DiffusionSpec:
+    """DiffusionSpec of fixture model ``name`` ('p1', 'p2') from configs.json (ml-mdm field names)."""
+    if configs_json is None:
+        configs_json = parity_dir() / "configs.json"
+    cfg = configs_json if isinstance(configs_json, Mapping) else json.loads(Path(configs_json).read_text())
+    m = cfg["models"][name]
+    d = dict(m["diffusion_config"])
+    d["nest_ratio"] = m["derived"].get("nest_ratio") or []
+    spec = DiffusionSpec.from_config(d)
+    return spec if not overrides else DiffusionSpec(**{**_fields(spec), **overrides})
+
+
+def _fields(spec: DiffusionSpec) -> dict[str, Any]:
+    return {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+
+
+def check_loss(npz: str | os.PathLike | Mapping[str, np.ndarray], model_fn: ModelFn, spec: DiffusionSpec,
+               variants: Mapping[str, Mapping[str, Any]] | None = None) -> list[Row]:
+    """loss_<name>.npz: every stored variant, injecting the fixture's time and noise; needs ``model_fn``."""
+    d = _load(npz)
+    variants = LOSS_VARIANTS if variants is None else variants
+    n = spec.num_levels
+    images = jnp.asarray(nchw_to_nhwc(d["in/images"]))
+    time = jnp.asarray(d["in/t"], jnp.int32)
+    noises = [jnp.asarray(nchw_to_nhwc(d[f"in/eps_{i}"])) for i in range(n)]
+    cond = {"lm_outputs": jnp.asarray(d["in/lm_outputs"]), "lm_mask": jnp.asarray(d["in/lm_mask"])}
+    rows: list[Row] = []
+    pyramid = process.build_pyramid(images, spec)
+    for i in range(1, n):
+        rows.append(_row(f"in/images_{i} (D^r pooling)", pyramid[i], nchw_to_nhwc(d[f"in/images_{i}"]), STEP_TOL))
+    stored = sorted({k.split("/")[0] for k in d if "/" in k and not k.startswith("in/")})
+    for var in stored:
+        if var not in variants:
+            rows.append((f"{var}: unknown variant", float("inf"), 0.0, False))
+            continue
+        vspec = DiffusionSpec(**{**_fields(spec), **variants[var]})
+        out = loss_lib.loss_terms(model_fn, vspec, images, time, noises, cond)
+        for i in range(n):
+            for key, tol in (("gamma", 0.0), ("x_t", STEP_TOL), ("target", STEP_TOL), ("pred_raw", NET_TOL),
+                             ("pred", EPS_HAT_TOL)):
+                name = f"{var}/{key}_{i}"
+                if name in d:
+                    rows.append(_row(name, out[key][i], nchw_to_nhwc(d[name]), tol))
+            name = f"{var}/mse_{i}"
+            if name in d:
+                rows.append(_row(name, out["mse"][i], d[name], LOSS_TOL, LOSS_TOL))
+        rows.append(_row(f"{var}/losses", out["losses"], d[f"{var}/losses"], LOSS_TOL, LOSS_TOL))
+        rows.append(_row(f"{var}/loss", out["loss"], d[f"{var}/loss"], LOSS_TOL, LOSS_TOL))
+        if f"{var}/vdm_weights" in d:
+            rows.append(_row(f"{var}/vdm_weights", out["vdm_weights"], d[f"{var}/vdm_weights"], 0.0))
+    return rows
+
+
+def trajectory_noise(d: Mapping[str, np.ndarray], run: str, spec: DiffusionSpec,
+                     n_steps: int) -> dict[str, list[jax.Array]]:
+    """Map the fixture's injected draws (``<run>/noise/<k>`` labelled by ``noise_desc``) to sampler noise input.
+
+    Steps where ml-mdm drew nothing get zeros (the sampler masks them anyway).
+    """
+    desc = [str(s) for s in d[f"{run}/noise_desc"]]
+    init: list[Any] = [None] * spec.num_levels
+    steps: list[np.ndarray | None] = [None] * spec.num_levels
+    for k, label in enumerate(desc):
+        arr = nchw_to_nhwc(d[f"{run}/noise/{k}"]).astype(np.float32)
+        where, lvl = label.split("/")
+        level = int(lvl.replace("level", ""))
+        if where == "init":
+            init[level] = arr
+        else:
+            step = int(where.replace("step", ""))
+            if steps[level] is None:
+                steps[level] = np.zeros((n_steps,) + arr.shape, np.float32)
+            steps[level][step] = arr
+    for i, x in enumerate(init):
+        if x is None:
+            raise ValueError(f"{run}: no init noise for level {i}")
+        if steps[i] is None:
+            steps[i] = np.zeros((n_steps,) + x.shape, np.float32)
+    return {"init": [jnp.asarray(x) for x in init], "steps": [jnp.asarray(z) for z in steps]}
+
+
+def run_fixture_trajectory(d: Mapping[str, np.ndarray], run: str, model_fn: ModelFn, spec: DiffusionSpec,
+                           num_steps: int | None = None, debug: bool = False) -> dict[str, Any]:
+    """Run the sampler exactly as the fixture run ``run`` ('traj_eta0' | 'traj_eta1') was produced."""
+    ts = np.asarray(d["traj/timesteps"], np.int32)
+    if num_steps is not None:
+        ts = ts[: num_steps + 1]
+    n_steps = len(ts) - 1
+    eta = 0.0 if run.endswith("eta0") else 1.0
+    noise = trajectory_noise(d, run, spec, len(d["traj/timesteps"]) - 1)
+    noise["steps"] = [z[:n_steps] for z in noise["steps"]]
+    cond = {"lm_outputs": jnp.asarray(d["traj/lm_outputs"]), "lm_mask": jnp.asarray(d["traj/lm_mask"])}
+    return sampler.sample(model_fn, spec, cond, noise=noise, timesteps=ts, method="ddim", eta=eta,
+                          guidance_weight=jnp.asarray(d["traj/guidance_scale"], jnp.float32),
+                          threshold_kind="dynamic_if", return_trajectory=True, debug=debug)
+
+
+def check_sampler_trajectories(npz: str | os.PathLike | Mapping[str, np.ndarray], model_fn: ModelFn,
+                               spec: DiffusionSpec, runs: tuple[str, ...] = ("traj_eta0", "traj_eta1"),
+                               num_steps: int | None = None) -> list[Row]:
+    """sampler_<name>.npz ``traj_eta*``: net_t, per-step per-level gammas and states, finals, image, step-0 tensors.
+
+    ``num_steps`` limits the run to the first steps (compares only what those steps produce).
+    """
+    d = _load(npz)
+    rows: list[Row] = []
+    n_total = len(d["traj/timesteps"]) - 1
+    n = n_total if num_steps is None else num_steps
+    for run in runs:
+        if f"{run}/noise_desc" not in d:
+            continue
+        out = run_fixture_trajectory(d, run, model_fn, spec, num_steps=n)
+        tr = out["trajectory"]
+        rows.append(_row(f"{run}/net_t", np.asarray(tr["net_t"]), d[f"{run}/net_t"][:n], 0.0))
+        for lvl in range(spec.num_levels):
+            for k in range(n):
+                for key in ("gamma_t", "gamma_s"):
+                    name = f"{run}/{key}/step{k}/level{lvl}"
+                    ref = d[name]
+                    rows.append(_row(name, np.broadcast_to(np.asarray(tr[key][k, lvl]), ref.shape), ref, 0.0))
+                if k >= 1:
+                    name = f"{run}/x_t/step{k}/level{lvl}"
+                    rows.append(_row(name, tr["x_t"][lvl][k], nchw_to_nhwc(d[name]), TRAJ_TOL))
+            for key, src in (("net_out", "net_out"), ("pred_cfg", "pred"), ("x0", "x0")):
+                name = f"{run}/step0/{key}/level{lvl}"
+                if name in d:
+                    rows.append(_row(name, tr[src][lvl][0], nchw_to_nhwc(d[name]), TRAJ_TOL))
+            if n == n_total:
+                name = f"{run}/x_t/final/level{lvl}"
+                rows.append(_row(name, out["levels"][lvl], nchw_to_nhwc(d[name]), TRAJ_TOL))
+            elif n < n_total:
+                name = f"{run}/x_t/step{n}/level{lvl}"
+                rows.append(_row(name + " (after partial run)", out["levels"][lvl], nchw_to_nhwc(d[name]), TRAJ_TOL))
+        if n == n_total:
+            rows.append(_row(f"{run}/out/image", out["image"], nchw_to_nhwc(d[f"{run}/out/image"]), TRAJ_TOL))
+    return rows
+
+
+def summarize(rows: list[Row]) -> str:
+    """One line per row plus a verdict; for printing in the parity command."""
+    lines = [f"{'OK ' if ok else 'BAD'} {name:55s} max_abs_err={err:.3e} tol={tol:.1e}" for name, err, tol, ok in rows]
+    bad = sum(not r[3] for r in rows)
+    lines.append(f"{len(rows) - bad}/{len(rows)} ok")
+    return "\n".join(lines)

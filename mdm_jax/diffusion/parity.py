@@ -153,27 +153,51 @@ def check_sampler_steps(npz: str | os.PathLike | Mapping[str, np.ndarray]) -> li
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def spec_for_fixture(name: str, configs_json: str | os.PathLike | Mapping[str, Any] | None = None,
+def spec_for_fixture(name_or_entry: str | Mapping[str, Any],
+                     configs_json: str | os.PathLike | Mapping[str, Any] | None = None,
                      **overrides: Any) -> DiffusionSpec:
-    """DiffusionSpec of fixture model ``name`` ('p1', 'p2') from configs.json (ml-mdm field names)."""
-    if configs_json is None:
-        configs_json = parity_dir() / "configs.json"
-    cfg = configs_json if isinstance(configs_json, Mapping) else json.loads(Path(configs_json).read_text())
-    m = cfg["models"][name]
+    """DiffusionSpec of a fixture model from configs.json (ml-mdm field names).
+
+    ``name_or_entry`` is a model name ('p1', 'p2'; read from ``configs_json``, default the parity folder's) or
+    the ``configs["models"][name]`` entry itself.
+    """
+    if isinstance(name_or_entry, Mapping):
+        m = name_or_entry
+    else:
+        if configs_json is None:
+            configs_json = parity_dir() / "configs.json"
+        cfg = configs_json if isinstance(configs_json, Mapping) else json.loads(Path(configs_json).read_text())
+        m = cfg["models"][name_or_entry]
     d = dict(m["diffusion_config"])
     d["nest_ratio"] = m["derived"].get("nest_ratio") or []
     spec = DiffusionSpec.from_config(d)
     return spec if not overrides else DiffusionSpec(**{**_fields(spec), **overrides})
 
 
+def _as_spec(spec: DiffusionSpec | Mapping[str, Any]) -> DiffusionSpec:
+    return spec if isinstance(spec, DiffusionSpec) else spec_for_fixture(spec)
+
+
+def _as_model_fn(fn: Callable, params: Any = None) -> Callable:
+    """``model_fn`` as is, or ``Partial(apply_fn, params)`` when params are given (traced, not constants)."""
+    return fn if params is None else jax.tree_util.Partial(fn, params)
+
+
 def _fields(spec: DiffusionSpec) -> dict[str, Any]:
     return {k: getattr(spec, k) for k in spec.__dataclass_fields__}
 
 
-def check_loss(npz: str | os.PathLike | Mapping[str, np.ndarray], model_fn: ModelFn, spec: DiffusionSpec,
+def check_loss(npz: str | os.PathLike | Mapping[str, np.ndarray], spec: DiffusionSpec | Mapping[str, Any],
+               model_fn: ModelFn, params: Any = None,
                variants: Mapping[str, Mapping[str, Any]] | None = None) -> list[Row]:
-    """loss_<name>.npz: every stored variant, injecting the fixture's time and noise; needs ``model_fn``."""
+    """loss_<name>.npz: every stored variant, injecting the fixture's time and noise.
+
+    ``spec``: a DiffusionSpec or the fixture's configs.json model entry. ``model_fn(xs, t, cond)``, or
+    ``apply_fn(params, xs, t, cond)`` together with ``params``.
+    """
     d = _load(npz)
+    spec = _as_spec(spec)
+    model_fn = _as_model_fn(model_fn, params)
     variants = LOSS_VARIANTS if variants is None else variants
     n = spec.num_levels
     images = jnp.asarray(nchw_to_nhwc(d["in/images"]))
@@ -251,14 +275,18 @@ def run_fixture_trajectory(d: Mapping[str, np.ndarray], run: str, model_fn: Mode
                           threshold_kind="dynamic_if", return_trajectory=True, debug=debug)
 
 
-def check_sampler_trajectories(npz: str | os.PathLike | Mapping[str, np.ndarray], model_fn: ModelFn,
-                               spec: DiffusionSpec, runs: tuple[str, ...] = ("traj_eta0", "traj_eta1"),
+def check_sampler_trajectories(npz: str | os.PathLike | Mapping[str, np.ndarray],
+                               spec: DiffusionSpec | Mapping[str, Any], model_fn: ModelFn, params: Any = None,
+                               runs: tuple[str, ...] = ("traj_eta0", "traj_eta1"),
                                num_steps: int | None = None) -> list[Row]:
     """sampler_<name>.npz ``traj_eta*``: net_t, per-step per-level gammas and states, finals, image, step-0 tensors.
 
-    ``num_steps`` limits the run to the first steps (compares only what those steps produce).
+    ``spec`` / ``model_fn`` / ``params`` as in ``check_loss``. ``num_steps`` limits the run to the first steps
+    (compares only what those steps produce).
     """
     d = _load(npz)
+    spec = _as_spec(spec)
+    model_fn = _as_model_fn(model_fn, params)
     rows: list[Row] = []
     n_total = len(d["traj/timesteps"]) - 1
     n = n_total if num_steps is None else num_steps
@@ -290,6 +318,9 @@ def check_sampler_trajectories(npz: str | os.PathLike | Mapping[str, np.ndarray]
         if n == n_total:
             rows.append(_row(f"{run}/out/image", out["image"], nchw_to_nhwc(d[f"{run}/out/image"]), TRAJ_TOL))
     return rows
+
+
+check_trajectories = check_sampler_trajectories
 
 
 def summarize(rows: list[Row]) -> str:

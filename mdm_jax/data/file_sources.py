@@ -142,6 +142,10 @@ class TarTsvSource(_LazyReaderMixin):
                     index = self._index_cache[tar_id] = index_tar(self._tars[tar_id])
         return index
 
+    def caption(self, i: int) -> str:
+        """Caption without reading the image (used by text-embedding precomputation)."""
+        return self._captions[i]
+
     def __getitem__(self, i: int) -> dict:
         tar_id, name = int(self._row_tar[i]), self._files[i]
         key = f"{self._tars[tar_id]}:{name}"
@@ -217,6 +221,10 @@ class WebDatasetSource(_LazyReaderMixin):
     def num_classes(self) -> int:
         return max(self._labels) + 1 if self.has_labels else 0
 
+    def caption(self, i: int) -> str:
+        """Caption without reading the image (used by text-embedding precomputation)."""
+        return self._captions[i]
+
     def __getitem__(self, i: int) -> dict:
         tar_id, offset, size, key = self._records[i]
         try:
@@ -282,6 +290,10 @@ class ImageFolderSource(_LazyReaderMixin):
     @property
     def has_captions(self) -> bool:
         return any(self._captions)
+
+    def caption(self, i: int) -> str:
+        """Caption without reading the image (used by text-embedding precomputation)."""
+        return self._captions[i]
 
     def __getitem__(self, i: int) -> dict:
         path = self._paths[i]

@@ -82,6 +82,9 @@ class FashionMNISTSource:
     def __len__(self) -> int:
         return self._len
 
+    def caption(self, i: int) -> str:
+        return self.caption_template.format(FASHION_MNIST_CLASSES[int(self._load()[1][i])])
+
     def __getitem__(self, i: int) -> dict:
         images, labels = self._load()
         img = images[i]
@@ -151,6 +154,9 @@ class EmojiSource:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def caption(self, i: int) -> str:
+        return self.captions[int(self._ids[i])]
 
     def __getitem__(self, i: int) -> dict:
         if self._images is None:

@@ -23,6 +23,8 @@ def _ints(value: Any, field: str, path: str) -> tuple[int, ...]:
         return ()
     if isinstance(value, str):
         value = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, int):
+        value = [value]
     try:
         return tuple(int(v) for v in value)
     except (TypeError, ValueError) as e:

@@ -81,8 +81,10 @@ class ByteTokenizer:
 class HFT5Tokenizer:
     """transformers' T5 tokenizer loaded from a local path only (never the Hub).
 
-    ``path`` is a SentencePiece ``spiece.model`` file or a folder holding one (or ``tokenizer.json``).  A leading
-    space is prepended as in ml-mdm; ``add_prefix_space=True`` keeps the leading "▁" (pitfall 6 of stack.md).
+    ``path`` is a SentencePiece ``spiece.model`` file or a folder holding one (or ``tokenizer.json``).  In
+    transformers 5, ``T5Tokenizer(vocab_file=...)`` silently ignores the file, so a lone model file is loaded
+    through ``from_pretrained`` on a temporary folder that links it as ``spiece.model``.  An empty caption
+    encodes to ``[▁]`` as in ml-mdm (``""`` -> ``[3, 1]``), where SentencePiece alone would give ``[]``.
     """
 
     def __init__(self, path: str):
@@ -91,22 +93,38 @@ class HFT5Tokenizer:
                 f"T5 tokenizer not found at {path!r}: put FLAN-T5's spiece.model (or the model folder with "
                 "tokenizer files) there; nothing is downloaded."
             )
-        from transformers import AutoTokenizer, T5TokenizerFast
+        from transformers import AutoTokenizer
 
-        spiece = path if os.path.isfile(path) else os.path.join(path, "spiece.model")
-        if os.path.isfile(spiece):
-            self._tok = T5TokenizerFast(vocab_file=spiece, add_prefix_space=True)
+        if os.path.isfile(path):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                os.symlink(os.path.abspath(path), os.path.join(tmp, "spiece.model"))
+                self._tok = _load_t5_folder(tmp)
+        elif os.path.isfile(os.path.join(path, "spiece.model")):
+            self._tok = _load_t5_folder(path)
         else:
             self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.vocab_size = len(self._tok)
         self.pad_id = int(self._tok.pad_token_id)
         self.eos_id = int(self._tok.eos_token_id)
+        space = self._tok.convert_tokens_to_ids("\u2581")
+        self._space_id = None if space in (None, self._tok.unk_token_id) else int(space)
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok(" " + text, add_special_tokens=False)["input_ids"])
+        ids = list(self._tok(" " + text, add_special_tokens=False)["input_ids"])
+        if not ids and self._space_id is not None:
+            ids = [self._space_id]
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def _load_t5_folder(folder: str):
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer.from_pretrained(folder, local_files_only=True)
 
 
 class MLMDMTrieTokenizer:

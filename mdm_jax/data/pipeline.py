@@ -134,7 +134,11 @@ class _SkipCorruptIterator(grain.DatasetIterator):
 
 
 class _SkipCorrupt(grain.IterDataset):
-    """Drops corrupt-image markers and records, on the next good example, how many were dropped before it."""
+    """Drops corrupt-image markers and records, on the next good example, how many were dropped before it.
+
+    The count travels in-band so it survives worker processes; skips after the last good example of a finite
+    epoch, or inside a dropped remainder batch, are logged but not counted.
+    """
 
     def __iter__(self) -> grain.DatasetIterator:
         return _SkipCorruptIterator(self._parent.__iter__())

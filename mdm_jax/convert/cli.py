@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -78,6 +79,14 @@ def param_shapes(model: Any, spec: Any) -> Any:
     """The parameter tree as ShapeDtypeStructs; nothing is allocated."""
     xs, t, lm, mask, labels = _inputs(spec, concrete=False)
     return jax.eval_shape(lambda *a: model.init(jax.random.PRNGKey(0), *a), xs, t, lm, mask, labels)["params"]
+
+
+@functools.lru_cache(maxsize=8)
+def _shapes_for(spec: Any) -> Any:
+    """``param_shapes`` per (hashable) spec: tracing a large model takes seconds, and the tree only depends on it."""
+    from mdm_jax.models import build_model
+
+    return param_shapes(build_model(spec), spec)
 
 
 def fresh_init(model: Any, spec: Any, paths: Sequence[tuple[str, ...]], seed: int) -> dict:
@@ -159,7 +168,7 @@ def convert_checkpoint(source: str | Path, out_dir: str | Path, *, config: str |
     except (TypeError, ValueError) as e:
         raise ConfigDecodeError(f"diffusion config: {e}") from e
     model = build_model(spec)
-    shapes = param_shapes(model, spec)
+    shapes = _shapes_for(spec)
 
     need, misshaped = plan(ckpt.state_dict, shapes)
     if strict:

@@ -524,3 +524,26 @@ def test_absent_fields_take_mlmdm_defaults_and_are_reported():
     assert any("unet_config.skip_normalization: absent" in n for n in decoded.notes)
     with pytest.raises(ValueError, match="resolution"):
         decode_args({**args, "reader_config": {"image_size": -1}})
+
+
+@needs_fixtures
+def test_config_files_python_json_and_converted(entries, tmp_path):
+    from mdm_jax.convert.mlmdm_config import load_config_file
+
+    model = {**entries["p2"]["unet_config"], "resolution": 32}
+    (tmp_path / "cfg.py").write_text(
+        "import ml_collections\n"
+        f"MODEL = {model!r}\n"
+        "def get_config(arg='a'):\n"
+        "    return ml_collections.ConfigDict({'model': MODEL, 'diffusion': {'schedule_type': 'cosine',\n"
+        "                                      'scales': [2, 1], 'note': arg}})\n")
+    decoded = load_config_file(f"{tmp_path / 'cfg.py'}:b")
+    assert decoded.model.inner_config.resolution_channels == [32, 64, 96]
+    assert decoded.diffusion.note == "b" and decoded.diffusion.schedule_type == "cosine"
+    # our own config.json layout, and a bare model config with --resolution
+    (tmp_path / "converted.json").write_text(json.dumps({"model": model, "diffusion": {"scales": [2, 1]}}))
+    assert load_config_file(str(tmp_path / "converted.json")).model.resolution == 32
+    (tmp_path / "bare.json").write_text(json.dumps(entries["p2"]["unet_config"]))  # no per-level resolutions
+    decoded = load_config_file(str(tmp_path / "bare.json"), resolution=32)
+    assert decoded.model.resolution == 32 and list(decoded.diffusion.scales) == [2, 1]
+    assert load_config_file("S64S256").model.inner_config.resolution == 64

@@ -210,19 +210,27 @@ def _decode_unet(cfg: Any, resolution: int, rd: _Reader, where: str) -> ml_colle
     return out
 
 
+def _inner(model: Any) -> Any:
+    inner = model.get("inner_config", None) if hasattr(model, "get") else None
+    return inner or None
+
+
 def _depth(model: ml_collections.ConfigDict) -> int:
-    return 0 if "inner_config" not in model else 1 + _depth(model.inner_config)
+    inner = _inner(model)
+    return 0 if inner is None else 1 + _depth(inner)
 
 
 def level_scales(model: ml_collections.ConfigDict) -> list[int]:
-    """Per-level size ratio to the innermost level (ml-mdm's ``nest_ratio + [1]``), high -> low."""
-    res, cfg = [], model
-    while True:
-        res.append(int(cfg.resolution))
-        if "inner_config" not in cfg:
-            break
-        cfg = cfg.inner_config
-    return [r // res[-1] for r in res]
+    """Per-level size ratio to the innermost level (ml-mdm's ``nest_ratio + [1]``), high -> low: each nested
+    level downsamples 2**(len(resolution_channels) - 1) times before its inner level."""
+    ratios, cfg = [], model
+    while _inner(cfg) is not None:
+        ratios.append(2 ** (len(_int_list(cfg.resolution_channels, "resolution_channels")) - 1))
+        cfg = _inner(cfg)
+    scales = [1]
+    for r in reversed(ratios):
+        scales.insert(0, scales[0] * r)
+    return scales
 
 
 def _decode_diffusion(dc: Any, scales: list[int], rd: _Reader) -> ml_collections.ConfigDict:
@@ -323,7 +331,7 @@ def reconcile_with_state_dict(model: ml_collections.ConfigDict, shapes: Mapping[
     (out, in) says the real input width.
     """
     depth = _depth(model)
-    key = "inner_unet." * depth + "lm_proj.weight"
+    key = "inner_unet." * depth + "lm_proj.weight"  # the innermost level owns lm_proj
     if key not in shapes or len(shapes[key]) != 2:
         return []
     actual = int(shapes[key][1])
@@ -336,9 +344,9 @@ def reconcile_with_state_dict(model: ml_collections.ConfigDict, shapes: Mapping[
     cfg = model
     while True:  # ml-mdm hands the top value down to every inner level
         cfg.conditioning_feature_dim = actual
-        if "inner_config" not in cfg:
+        if _inner(cfg) is None:
             break
-        cfg = cfg.inner_config
+        cfg = _inner(cfg)
     return [f"conditioning_feature_dim: args say {old} (ml-mdm overwrites it with conditioning_feature_proj_dim "
             f"when it builds the model), {key} has input width {actual}; using {actual}"]
 
@@ -369,7 +377,7 @@ def decode_config(cfg: Any, source: str, resolution: int | None = None) -> Decod
         model.resolution = int(resolution)
     notes = []
     if diffusion is _ABSENT or diffusion is None:
-        diffusion = ml_collections.ConfigDict({"scales": level_scales(model)} if "resolution" in model else {})
+        diffusion = ml_collections.ConfigDict({"scales": level_scales(model)})
         notes.append(f"{source}: no diffusion config; only the level scales are set (DiffusionSpec defaults apply)")
     else:
         diffusion = ml_collections.ConfigDict(_plain(diffusion))

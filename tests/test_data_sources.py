@@ -243,3 +243,13 @@ def test_precomputed_text_embeddings(tmp_path):
         np.testing.assert_array_equal(emb[: len(expected), 0], expected)
         assert not emb[len(expected):].any()
     assert "nothing" in batch["captions"]  # some captions dropped -> null embedding used
+
+
+def test_split_placeholder_in_paths(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            (tmp_path / split / f"{i}.jpg").write_bytes(_encode(_solid(COLORS[i]), "JPEG"))
+    cfg = {"name": "image_folder", "data_dir": str(tmp_path / "{split}"), "resolution": 8, **HOST}
+    assert create_dataset(cfg, global_batch_size=1, seed=0)[1].num_examples == 3
+    assert create_dataset(cfg, global_batch_size=1, seed=0, split="test")[1].num_examples == 2

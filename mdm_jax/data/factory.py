@@ -26,7 +26,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             "name": "procedural_shapes",  # one of SOURCES
-            "data_dir": "",  # where the source's files are ('' -> source default where one exists)
+            "data_dir": "",  # source files ('' -> source default); '{split}' is replaced by the split name
             "resolution": 32,  # top resolution; lower ones are derived by the diffusion core
             "conditioning": "",  # 'class' | 'text' | 'none'; '' -> the source's natural one
             "flip": False,  # random horizontal flip (ml-mdm: off)
@@ -99,8 +99,15 @@ def _require_dir(path: str, what: str) -> str:
 
 
 def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tuple[Any, SourceSpec]:
-    """Builds the random-access source named by ``config.name`` (config must be resolved)."""
+    """Builds the random-access source named by ``config.name`` (config must be resolved).
+
+    File-based sources take their split from a ``{split}`` placeholder in ``data_dir``, ``file_list`` or
+    ``file_pattern`` (e.g. ``/data/imagenet/{split}``); without one every split reads the same files.
+    """
     name = config.name
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key in ("data_dir", "file_list", "file_pattern", "captions_file"):
+        config[key] = config[key].replace("{split}", split)
     if name == "procedural_shapes":
         src = procedural.ProceduralShapesSource(
             config.resolution, config.num_examples if split == "train" else max(1, config.num_examples // 10),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import jax
@@ -143,3 +144,28 @@ def test_logical_axes_cover_every_parameter():
     assert all(len(a) == len(p.shape) for a, p in zip(flat_a, flat_p, strict=True))
     specs = partition_specs(params)
     assert specs["block_0"]["layer_1_DenseReluDense"]["wi_0"]["kernel"] == jax.sharding.PartitionSpec(None, "fsdp")
+
+
+def test_t5_text_encoder_from_local_folder(tmp_path):
+    pytest.importorskip("transformers")
+    spm = pytest.importorskip("sentencepiece")
+    from mdm_jax.text.t5 import T5TextEncoder
+
+    words = "a red blue circle square in the top left bottom right center".split()
+    sents = [" ".join(np.random.default_rng(i).choice(words, 5)) for i in range(200)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sents), model_writer=buf, vocab_size=30, hard_vocab_limit=False,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", minloglevel=2,
+    )
+    (tmp_path / "spiece.model").write_bytes(buf.getvalue())
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    cfg = {**TINY, "vocab_size": 140, "feed_forward_proj": "gated-gelu"}
+    config = T5Config(**cfg)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    _write_safetensors(tmp_path / "model.safetensors", _hf_state_dict(_init(config)))
+    encoder = T5TextEncoder.from_pretrained(str(tmp_path), max_length=16)
+    emb, mask = encoder.encode(["a red circle in the top left", ""])
+    n = len(sp.encode("a red circle in the top left")) + 1
+    assert emb.shape == (2, n, 32) and np.asarray(mask).sum(1).tolist() == [n, 2]
+    assert not np.asarray(emb)[1, 2:].any()

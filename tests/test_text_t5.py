@@ -164,7 +164,7 @@ def test_t5_text_encoder_from_local_folder(tmp_path):
     config = T5Config(**cfg)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     _write_safetensors(tmp_path / "model.safetensors", _hf_state_dict(_init(config)))
-    encoder = T5TextEncoder.from_pretrained(str(tmp_path), max_length=16)
+    encoder = T5TextEncoder.from_pretrained(str(tmp_path), max_length=64)
     emb, mask = encoder.encode(["a red circle in the top left", ""])
     n = len(sp.encode("a red circle in the top left")) + 1
     assert emb.shape == (2, n, 32) and np.asarray(mask).sum(1).tolist() == [n, 2]

@@ -253,3 +253,16 @@ def test_split_placeholder_in_paths(tmp_path):
     cfg = {"name": "image_folder", "data_dir": str(tmp_path / "{split}"), "resolution": 8, **HOST}
     assert create_dataset(cfg, global_batch_size=1, seed=0)[1].num_examples == 3
     assert create_dataset(cfg, global_batch_size=1, seed=0, split="test")[1].num_examples == 2
+
+
+def test_file_reader_descriptor_cap(tmp_path):
+    from mdm_jax.data.file_sources import _FileReader
+
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(bytes(range(10)) * (i + 1))
+    reader = _FileReader(max_open=1)
+    for _ in range(2):
+        assert [reader.read(str(tmp_path / f"f{i}"), 2, 3) for i in range(3)] == [b"\x02\x03\x04"] * 3
+    assert len(reader._fds) == 1
+    with pytest.raises(OSError, match="short read"):
+        reader.read(str(tmp_path / "f0"), 8, 5)

@@ -38,27 +38,37 @@ def index_tar(path: str) -> dict[str, tuple[int, int]]:
 
 
 class _FileReader:
-    """Per-process cache of read-only file descriptors; ``pread`` lets threads share them safely."""
+    """Per-process cache of read-only file descriptors; ``pread`` lets threads share them safely.
 
-    def __init__(self):
+    At most ``max_open`` descriptors are cached (never closed while cached, so no thread can lose one mid-read);
+    reads from further files open, read and close their own descriptor.
+    """
+
+    def __init__(self, max_open: int = 512):
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._max_open = max_open
 
     def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         if size is None:
             with open(path, "rb") as f:
                 return f.read()
         fd = self._fds.get(path)
+        own = False
         if fd is None:
             with self._lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    if len(self._fds) >= 256:
-                        for old in self._fds.values():
-                            os.close(old)
-                        self._fds.clear()
-                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        data = os.pread(fd, size, offset)
+                    fd = os.open(path, os.O_RDONLY)
+                    if len(self._fds) < self._max_open:
+                        self._fds[path] = fd
+                    else:
+                        own = True
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            if own:
+                os.close(fd)
         if len(data) != size:
             raise OSError(f"short read from {path} at {offset}: {len(data)} of {size} bytes")
         return data

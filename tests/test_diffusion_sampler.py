@@ -81,24 +81,36 @@ def test_guidance_eta_thresholds_and_timesteps_do_not_recompile():
     assert not np.allclose(outs[0]["image"], outs[1]["image"])
 
 
-def test_debug_loop_matches_scan_and_returns_all_levels():
+def test_debug_loop_matches_scan():
+    spec = DiffusionSpec(scales=(2, 1))
+    cond = {"c": jnp.zeros((2,))}
+    kw = dict(shape=(2, 8, 8, 3), rng=jax.random.key(1, impl="rbg"), num_steps=2, method="ddpm",
+              threshold_kind="dynamic_if", return_trajectory=True)
+    a = sample(_toy_model([]), spec, cond, **kw)
+    b = sample(_toy_model([]), spec, cond, debug=True, **kw)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_three_levels_trajectory_outputs():
     spec = DiffusionSpec(scales=(4, 2, 1), schedule_shifted_power=2)
     cond = {"c": jnp.zeros((3,))}
     kw = dict(shape=(3, 16, 16, 3), rng=jax.random.key(1, impl="rbg"), num_steps=3, method="ddpm",
               threshold_kind="clip", return_trajectory=True)
     a = sample(_toy_model([]), spec, cond, **kw)
-    b = sample(_toy_model([]), spec, cond, debug=True, **kw)
     assert [x.shape for x in a["levels"]] == [(3, 16, 16, 3), (3, 8, 8, 3), (3, 4, 4, 3)]
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(x, y, atol=1e-6)
     np.testing.assert_array_equal(a["image"], np.clip(a["levels"][0], -1, 1))
     tr = a["trajectory"]
     assert tr["gamma_t"].shape == (3, 3) and list(np.asarray(tr["net_t"])) == [750, 499, 249]  # [751, 500, 250, 0] - 1
     # Level 0 is the most shifted (lowest gamma); the innermost row is the plain table.
-    assert np.all(np.asarray(tr["gamma_t"][:, 0]) < np.asarray(tr["gamma_t"][:, 2]))
-    # Same key, same result; and thresholded x0 stays in [-1, 1].
+    assert np.all(np.asarray(tr["gamma_t"][:, 0]) < np.asarray(tr["gamma_t"][:, 1]))
+    assert np.all(np.asarray(tr["gamma_t"][:, 1]) < np.asarray(tr["gamma_t"][:, 2]))
+    np.testing.assert_array_equal(tr["gamma_t"][:, 2], spec.gammas()[[751, 500, 250]])
+    # Same key, same result; a different key differs; thresholded x0 stays in [-1, 1].
     c = sample(_toy_model([]), spec, cond, **kw)
     np.testing.assert_array_equal(a["levels"][0], c["levels"][0])
+    d = sample(_toy_model([]), spec, cond, **{**kw, "rng": jax.random.key(2, impl="rbg")})
+    assert not np.allclose(a["levels"][2], d["levels"][2])
     assert float(jnp.max(jnp.abs(tr["x0"][0]))) <= 1.0
 
 

@@ -126,8 +126,9 @@ class _Static:
     method: str
     threshold: str
     use_cfg: bool
-    noise_mode: str  # 'none' | 'key' | 'given'
+    noise_mode: str  # per-step noise: 'none' | 'key' | 'given'
     return_trajectory: bool
+    shapes: tuple[tuple[int, ...], ...] | None = None  # set when noise is drawn from a key inside the program
 
 
 def _step(st: _Static, model_fn: Callable, xs: list[Array], t: Array, s: Array, cond: Mapping[str, Array],
@@ -178,11 +179,18 @@ def _step_noise(st: _Static, xs_step: Any, shapes: Sequence[Sequence[int]]) -> l
     return [jax.random.normal(k, tuple(sh), jnp.float32) for k, sh in zip(keys, shapes, strict=True)]
 
 
-def _run(st: _Static, model_fn: Callable, init: list[Array], timesteps: Array, cond: Mapping[str, Array],
+def _run(st: _Static, model_fn: Callable, init: list[Array] | Array, timesteps: Array, cond: Mapping[str, Array],
          tables: Array, guidance: Array, eta: Array, thr_q: Array, thr_max: Array, step_src: Any,
          debug: bool = False) -> dict[str, Any]:
-    shapes = [x.shape for x in init]
     ts = jnp.asarray(timesteps, jnp.int32)
+    n_steps = ts.shape[0] - 1
+    if st.shapes is not None:  # ``init`` is a key: draw x_T per level, then per-step keys, inside the program
+        k_init, k_steps = jax.random.split(init)
+        keys = jax.random.split(k_init, len(st.shapes))
+        init = [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, st.shapes, strict=True)]
+        if st.noise_mode == "key":
+            step_src = jax.random.split(k_steps, n_steps)
+    shapes = [x.shape for x in init]
 
     def body(xs, inp):
         t, s, src = inp
@@ -253,6 +261,49 @@ def sample(
     ``return_trajectory`` adds per-step ``x_t`` (state entering the step), ``x0``, guided ``pred``, raw
     ``net_out``, ``net_t``, ``gamma_t``/``gamma_s`` (levels,) stacked over steps. ``debug`` runs eagerly.
     """
+    kwargs = dict(shape=shape, rng=rng, noise=noise, num_steps=num_steps, timesteps=timesteps, method=method, eta=eta,
+                  guidance_weight=guidance_weight, threshold_kind=threshold_kind,
+                  threshold_quantile=threshold_quantile, threshold_max=threshold_max,
+                  return_trajectory=return_trajectory)
+    st, args = _prepare(model_fn, spec, cond, **kwargs)
+    if debug:
+        return _run(st, *args, debug=True)
+    return _run_jit(st, *args)
+
+
+def lower_sample(
+    model_fn: Callable[[list[Array], Array, Mapping[str, Array]], Sequence[Array]],
+    spec: DiffusionSpec,
+    cond: Mapping[str, Array],
+    **kwargs: Any,
+) -> tuple[jax.stages.Lowered, tuple]:
+    """Ahead-of-time form of ``sample`` (same keyword arguments, no ``debug``) for timing compilation.
+
+    Returns ``(lowered, args)``: ``lowered.compile()(*args)`` gives what ``sample`` would return.
+    """
+    st, args = _prepare(model_fn, spec, cond, **kwargs)
+    return _run_jit.lower(st, *args), args
+
+
+def _prepare(
+    model_fn: Callable[[list[Array], Array, Mapping[str, Array]], Sequence[Array]],
+    spec: DiffusionSpec,
+    cond: Mapping[str, Array],
+    *,
+    shape: Sequence[int] | None = None,
+    rng: Array | None = None,
+    noise: Mapping[str, Sequence[Array]] | None = None,
+    num_steps: int = 250,
+    timesteps: Array | None = None,
+    method: str = "ddim",
+    eta: Array | float = 0.0,
+    guidance_weight: Array | float | None = None,
+    threshold_kind: str = "clip",
+    threshold_quantile: Array | float | None = None,
+    threshold_max: Array | float | None = None,
+    return_trajectory: bool = False,
+) -> tuple[_Static, tuple]:
+    """Validate arguments, build the initial noise and the static/dynamic arguments of ``_run``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if threshold_kind not in THRESHOLDS:
@@ -263,6 +314,7 @@ def sample(
     n_steps = int(timesteps.shape[0]) - 1
     deterministic = method == "ddim" and isinstance(eta, (int, float)) and float(eta) == 0.0
 
+    shapes = None
     if noise is not None:
         init = [jnp.asarray(x, jnp.float32) for x in noise["init"]]
         if deterministic:
@@ -277,26 +329,18 @@ def sample(
     else:
         if rng is None or shape is None:
             raise ValueError("give either noise={'init': ..., 'steps': ...} or both rng and shape")
-        k_init, k_steps = jax.random.split(rng)
-        shapes = process.level_shapes(shape, spec.scales)
-        init_keys = jax.random.split(k_init, len(shapes))
-        init = [jax.random.normal(k, s, jnp.float32) for k, s in zip(init_keys, shapes, strict=True)]
-        if deterministic:
-            noise_mode, step_src = "none", None
-        else:
-            noise_mode, step_src = "key", jax.random.split(k_steps, n_steps)
-    if len(init) != spec.num_levels:
+        shapes = tuple(process.level_shapes(shape, spec.scales))
+        init = rng  # x_T and the per-step keys are drawn inside the compiled program (one compile, no eager ops)
+        noise_mode = "none" if deterministic else "key"
+    if shapes is None and len(init) != spec.num_levels:
         raise ValueError(f"expected {spec.num_levels} initial noise tensors, got {len(init)}")
-    if noise_mode == "none":
-        step_src = jnp.zeros((n_steps,), jnp.int32)  # scan needs something with a leading axis
-        noise_mode_static = "none"
-    else:
-        noise_mode_static = noise_mode
+    if noise_mode != "given":
+        step_src = np.zeros((n_steps,), np.int32)  # scan needs a leading axis; per-step keys replace it in ``_run``
 
     use_cfg = guidance_weight is not None
     dq, dm = DYNAMIC_DEFAULTS.get(threshold_kind, (0.995, 100.0))
-    st = _Static(spec=spec, method=method, threshold=threshold_kind, use_cfg=use_cfg, noise_mode=noise_mode_static,
-                 return_trajectory=return_trajectory)
+    st = _Static(spec=spec, method=method, threshold=threshold_kind, use_cfg=use_cfg, noise_mode=noise_mode,
+                 return_trajectory=return_trajectory, shapes=shapes)
     if not isinstance(model_fn, jax.tree_util.Partial):
         model_fn = jax.tree_util.Partial(model_fn)
     args = (
@@ -311,9 +355,7 @@ def sample(
         jnp.asarray(dm if threshold_max is None else threshold_max, jnp.float32),
         step_src,
     )
-    if debug:
-        return _run(st, *args, debug=True)
-    return _run_jit(st, *args)
+    return st, args
 
 
 def timesteps_for(num_steps: int, spec: DiffusionSpec) -> np.ndarray:

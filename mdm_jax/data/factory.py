@@ -219,10 +219,10 @@ def build_dataset(
     )
     is_train = split == "train"
     num_epochs = config.num_epochs
-    if num_epochs < 0:
+    if num_epochs is not None and num_epochs < 0:
         num_epochs = None if is_train else 1
-    elif num_epochs == 0:
-        num_epochs = None
+    elif not num_epochs:
+        num_epochs = None  # 0 or None: repeat forever
     if config.num_workers > 0:
         _ensure_absl_flags_parsed()
     ds = build_pipeline(

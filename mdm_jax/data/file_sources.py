@@ -4,6 +4,10 @@ All are random-access (grain ``RandomAccessDataSource``): tar members are locate
 read with ``os.pread``, which is thread-safe and needs no extraction, so grain can shuffle globally and resume
 exactly.  Sources return encoded bytes; decoding happens in the pipeline's ``Preprocess`` so that unreadable
 images are skipped and counted there.  File handles are opened lazily per process and never pickled.
+
+Scale note: captions and member lists live in Python lists that are pickled into each grain worker; that is fine
+up to a few million examples.  For CC12M-scale corpora convert the TSVs to an array_record index first (not done
+here), or precompute text embeddings so captions need not be held at all.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ images are skipped and counted there.  File handles are opened lazily per proces
 
 Scale note: captions and member lists live in Python lists that are pickled into each grain worker; that is fine
 up to a few million examples.  For CC12M-scale corpora convert the TSVs to an array_record index first (not done
-here), or precompute text embeddings so captions need not be held at all.
+here).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ ones), mutated the way ml-mdm's model constructors mutate the real ``args`` befo
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import enum
 import json
@@ -470,46 +471,71 @@ def _shipped_64(nesting: bool = False) -> UNetConfig:
         resnet_config=ResNetConfig(num_groups_norm=32, dropout=0.0, use_attention_ffn=True))
 
 
+def _shipped_outer(cls: type, channels: list[int], res: int, inner: UNetConfig, proj: int, skip_norm: bool,
+                   nesting: bool = False) -> NestedUNetConfig:
+    return cls(num_resnets_per_resolution=[2, 2, 1], temporal_dim=1024, attention_levels=[],
+               num_attention_layers=[0, 0, 0], conditioning_feature_dim=2048, conditioning_feature_proj_dim=proj,
+               masked_cross_attention=1, resolution_channels=channels, skip_mid_blocks=True, skip_cond_emb=True,
+               nesting=nesting, micro_conditioning=f"scale:{res}", resnet_config=ResNetConfig(use_attention_ffn=False),
+               inner_config=inner, skip_normalization=skip_norm, skip_inner_unet_input=False)
+
+
 def _shipped_args(which: int) -> argparse.Namespace:
+    """args of ml-mdm's cc12m_{64x64,256x256,1024x1024} models (spec section 1.5), as their trainer pickles them."""
     sampler = SamplerConfig(num_diffusion_steps=1000, schedule_type=ScheduleType.DEEPFLOYD,
                             prediction_type=PredictionType.V_PREDICTION, loss_target_type=PredictionType.DDPM,
-                            threshold_function=ThresholdType.CLIP, schedule_shifted=which == 256,
-                            rescale_signal=1 if which == 256 else None)
+                            threshold_function=ThresholdType.CLIP, schedule_shifted=which > 64,
+                            schedule_shifted_power=2 if which == 1024 else 1,
+                            rescale_signal=1 if which > 64 else None)
     if which == 64:
         unet, diffusion = _shipped_64(), DiffusionConfig(sampler_config=sampler, use_vdm_loss_weights=False)
     else:
-        unet = NestedUNetConfig(
-            num_resnets_per_resolution=[2, 2, 1], temporal_dim=1024, attention_levels=[],
-            num_attention_layers=[0, 0, 0], conditioning_feature_dim=2048, conditioning_feature_proj_dim=-1,
-            masked_cross_attention=1, resolution_channels=[64, 128, 256], skip_mid_blocks=True, skip_cond_emb=True,
-            micro_conditioning="scale:256", resnet_config=ResNetConfig(use_attention_ffn=False),
-            inner_config=_shipped_64(nesting=True), skip_normalization=True, skip_inner_unet_input=False)
+        unet = _shipped_outer(NestedUNetConfig, [64, 128, 256], 256, _shipped_64(nesting=True), -1, True)
+        if which == 1024:
+            unet = _shipped_outer(NestedUNetConfig, [64, 128, 256], 256, _shipped_64(nesting=True), 2048, False,
+                                  nesting=True)
+            unet = _shipped_outer(Nested2UNetConfig, [32, 32, 64], 1024, unet, 2048, True)
         diffusion = NestedDiffusionConfig(sampler_config=sampler, use_vdm_loss_weights=False, use_double_loss=True,
                                           no_use_residual=True)
-    return argparse.Namespace(model="unet" if which == 64 else "nested_unet", unet_config=_as_built_by_mlmdm(unet),
-                              diffusion_config=diffusion,
+    return argparse.Namespace(model={64: "unet", 256: "nested_unet", 1024: "nested2_unet"}[which],
+                              unet_config=_as_built_by_mlmdm(unet), diffusion_config=diffusion,
                               reader_config=ReaderConfig(max_token_length=128, image_size=which))
 
 
-@pytest.mark.parametrize("which, count, mlmdm_modules", [(64, 461_359_107, "new"), (256, 476_613_958, "old")],
+REFERENCE = PARITY.parent / "reference"
+
+
+@pytest.mark.parametrize("which, count, mlmdm_modules",
+                         [(64, 461_359_107, "new"), (256, 476_613_958, "old"), (1024, 480_970_057, "new")],
                          indirect=["mlmdm_modules"])
-def test_decoded_shipped_configs_build_released_sizes(which, count, mlmdm_modules):
+def test_decoded_shipped_configs_build_released_models(which, count, mlmdm_modules):
     args = restricted_loads(pickle.dumps(_shipped_args(which), protocol=2))  # through the safe unpickler
     decoded = decode_args(args)
     assert not decoded.notes, decoded.notes
-    from mdm_jax.models import build_model, spec_from_config
+    from mdm_jax.models import spec_from_config
 
     spec = spec_from_config(decoded.model)
-    assert spec.resolutions == ((64,) if which == 64 else (256, 64))
+    assert spec.resolutions == {64: (64,), 256: (256, 64), 1024: (1024, 256, 64)}[which]
     assert spec.innermost.input_cond_dim == 2048
-    shapes = cli.param_shapes(build_model(spec), spec)
+    assert [lvl.skip_normalization for lvl in spec.levels[:-1]] == {64: [], 256: [True], 1024: [True, False]}[which]
+    shapes = cli._shapes_for(spec)
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == count
     d = decoded.diffusion
     assert (d.schedule_type, d.prediction_type, d.loss_target_type) == ("deepfloyd", "v", "eps")
-    assert list(d.scales) == ([1] if which == 64 else [4, 1])
-    if which == 256:
+    assert list(d.scales) == {64: [1], 256: [4, 1], 1024: [16, 4, 1]}[which]
+    assert d.schedule_shifted_power == (2.0 if which == 1024 else 1.0)
+    if which > 64:
         assert d.schedule_shifted and d.rescale_signal == 1.0 and d.use_double_loss and d.no_use_residual
-        assert decoded.model.skip_normalization and decoded.model.inner_config.masked_cross_attention == 0
+
+    # ml-mdm's own state-dict listing for this model converts strictly (zero-stride arrays: nothing allocated)
+    tsv = REFERENCE / f"mlmdm_state_dict_{which}.tsv"
+    if tsv.exists():
+        rows = [line.rstrip("\n").split("\t") for line in tsv.read_text().splitlines() if not line.startswith("#")]
+        state_dict = {k: np.broadcast_to(np.float32(0), ast.literal_eval(v)) for k, v in rows}
+        from mdm_jax.convert.keys import convert_state_dict
+
+        _, report = convert_state_dict(state_dict, shapes, spec, strict=True)
+        assert len(report.loaded) == len(rows)
 
 
 def test_absent_fields_take_mlmdm_defaults_and_are_reported():

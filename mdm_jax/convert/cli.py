@@ -183,7 +183,8 @@ def convert_checkpoint(source: str | Path, out_dir: str | Path, *, config: str |
         report.mismatched = misshaped
         filled = [torch_key(p) for p in need]
     cast = DTYPES[dtype]
-    params = jax.tree.map(lambda x: np.asarray(x).astype(cast), params)
+    # Leaves may still be (transposed) views of the memory-mapped file: Orbax makes the one copy it writes.
+    params = jax.tree.map(lambda x: x if x.dtype == cast else x.astype(cast), params)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
     log(report.summary())

@@ -1,0 +1,181 @@
+"""Building blocks shared by the files in ``configs/`` (big_vision's ``configs/common.py`` habit).
+
+A training config is plain data (an ``ml_collections.ConfigDict``); these helpers only fill in the defaults
+every experiment shares (Appendix B), so each experiment file states what differs. Field reference:
+
+* ``seed``, ``log_every_steps``, ``workdir``-independent settings.
+* ``model``: ``dtype`` ('float32' | 'bfloat16' compute; params and EMA stay float32), ``remat``,
+  ``cond_dim`` (text feature width, -1 for none), ``num_classes``, ``paper_text_head``.
+* ``text_encoder``: None (precomputed features or labels) or the small trainable encoder's config.
+* ``diffusion``: ``DiffusionSpec`` fields shared by all phases (a phase sets ``scales`` through its model,
+  and its own ``multi_res_weights`` / ``mixed_ratio``).
+* ``data``: the ``mdm_jax.data.create_dataset`` config; a phase may override fields in ``phase.data``.
+* ``optimizer``: Adam(b1, b2, eps), ``learning_rate`` with linear warmup, ``grad_clip_norm``, ``ema_decay``.
+* ``phases``: the progressive schedule, a list of ``phase(...)`` entries (see ``phase``).
+* ``init``: start at phase ``init.phase`` from ``init.checkpoint`` (our run dir or a converted ml-mdm dir).
+* ``mesh``/``sharding``, ``checkpoint``, ``sample`` (sampler options for the interval grids and sample mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def optimizer(**overrides: Any) -> ConfigDict:
+    """Appendix B: Adam(0.9, 0.99, 1e-8), lr 1e-4 after a 30k-step linear warmup, clip 2.0, EMA 0.9999."""
+    cfg = ConfigDict(dict(
+        name="adam",  # 'adam' | 'adamw' (weight_decay applies to adamw only)
+        b1=0.9,
+        b2=0.99,
+        eps=1e-8,
+        learning_rate=1e-4,
+        warmup_steps=30_000,
+        weight_decay=0.0,
+        grad_clip_norm=2.0,
+        ema_decay=0.9999,
+        mu_dtype="",  # '' keeps float32; 'bfloat16' halves the first-moment memory
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
+def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", model: Mapping | None = None,
+          init_from: Mapping[str, str] | None = None, freeze: Sequence[str] = (),
+          lr_multipliers: Mapping[str, float] | None = None, multi_res_weights: Any = None,
+          mixed_ratio: Any = None, data: Mapping | None = None) -> ConfigDict:
+    """One progressive-training phase.
+
+    ``architecture`` names a paper model (``mdm_jax.models.architectures``) or ``model`` gives the model config
+    itself (ml-mdm field names). ``init_from`` maps a subtree of this phase's parameters to a subtree of the
+    previous phase's (or of ``init.checkpoint``'s), e.g. ``{"unet/inner_unet": "unet"}``: the 64 model becomes
+    the inner UNet of the 256 model. ``freeze`` lists subtrees that get no updates (nor optimizer state);
+    ``lr_multipliers`` scales the learning rate of subtrees. Paths are '/'-joined prefixes of the parameter
+    tree whose top level is ``unet`` (+ ``text`` with a trainable text encoder).
+    """
+    return ConfigDict(dict(
+        name=name,
+        architecture=architecture,
+        model=ConfigDict(model) if model is not None else None,
+        batch_size=batch_size,
+        steps=steps,
+        init_from=dict(init_from) if init_from else None,
+        freeze=list(freeze),
+        lr_multipliers=dict(lr_multipliers) if lr_multipliers else None,
+        multi_res_weights=multi_res_weights,
+        mixed_ratio=mixed_ratio,
+        data=ConfigDict(data) if data else None,
+    ), type_safe=False)
+
+
+def sample(**overrides: Any) -> ConfigDict:
+    """Sampler options for the interval grids (train mode) and for ``--mode=sample`` (paper: 250 DDPM-ish
+    steps with dynamic thresholding; ml-mdm's demo: DDIM, guidance 7.5)."""
+    cfg = ConfigDict(dict(
+        every_steps=0,  # 0: only at the end of each phase
+        num_images=8,
+        num_steps=250,
+        method="ddim",  # 'ddim' | 'ddpm'
+        eta=0.0,
+        guidance_weight=7.5,  # <= 0 or None: no classifier-free guidance
+        threshold="dynamic_if",  # 'none' | 'clip' | 'dynamic' | 'dynamic_if'
+        threshold_quantile=-1.0,  # < 0: the threshold kind's default
+        threshold_max=-1.0,
+        prompts=[],  # text models: captions to sample (default: captions of a validation batch)
+        labels=[],  # class models: labels to sample (default: 0, 1, 2, ...)
+        negative_prompt="",
+        use_ema=True,
+        seed=0,
+        checkpoint="",  # sample mode: a checkpoint dir/step dir (default: the workdir's latest)
+        step=-1,  # sample mode: which step (default: latest)
+        output_dir="",  # sample mode: default <workdir>/samples
+        debug=False,  # run the sampler step in a Python loop (breakpoints, prints)
+    ), type_safe=False)
+    cfg.update(overrides)
+    return cfg
+
+
+def base_config() -> ConfigDict:
+    """Everything but data, model and phases, with Appendix B's defaults."""
+    c = ConfigDict()
+    c.seed = 0
+    c.model = ConfigDict(dict(dtype="float32", remat=False, cond_dim=-1, num_classes=0, paper_text_head=False))
+    c.text_encoder = None
+    c.diffusion = ConfigDict(dict(
+        schedule_type="deepfloyd",
+        num_diffusion_steps=1000,
+        prediction_type="v",
+        loss_target_type="eps",
+        schedule_shifted=True,
+        use_double_loss=True,
+        use_vdm_loss_weights=False,
+        downsample="box",
+    ))
+    c.data = ConfigDict()
+    c.optimizer = optimizer()
+    c.phases = []
+    c.init = ConfigDict(dict(checkpoint="", phase=0, step=-1))
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1))  # -1: sized automatically from the device count
+    c.sharding = ConfigDict(dict(min_size=2**18))  # arrays with fewer elements stay replicated
+    c.checkpoint = ConfigDict(dict(every_steps=5000, keep=3, async_save=True))
+    c.log_every_steps = 100
+    c.sample = sample()
+    c.max_steps = -1  # > 0: stop after this global step (tests, preemption drills)
+    return c
+
+
+def tiny_unet(resolution: int, channels: Sequence[int], *, resnets: Sequence[int] | None = None,
+              attention_levels: Sequence[int] = (), num_attention_layers: Sequence[int] | None = None,
+              cond_dim: int = -1, temporal_dim: int = 64, num_heads: int = 4,
+              use_attention_ffn: bool = True) -> ConfigDict:
+    """A small single-level UNet config (ml-mdm field names) for CPU runs and tests."""
+    n = len(channels)
+    return ConfigDict(dict(
+        resolution=resolution,
+        resolution_channels=list(channels),
+        num_resnets_per_resolution=list(resnets or [1] * n),
+        attention_levels=list(attention_levels),
+        num_attention_layers=list(num_attention_layers or [1 if i in attention_levels else 0 for i in range(n)]),
+        num_heads=num_heads,
+        temporal_dim=temporal_dim,
+        conditioning_feature_dim=cond_dim,
+        conditioning_feature_proj_dim=-1,
+        num_lm_head_layers=0,
+        masked_cross_attention=1,
+        skip_mid_blocks=False,
+        skip_cond_emb=False,
+        micro_conditioning=f"scale:{resolution}",
+        resnet_config=dict(num_groups_norm=min(32, min(channels)), dropout=0.0,
+                           use_attention_ffn=use_attention_ffn),
+    ))
+
+
+def tiny_nested(resolution: int, channels: Sequence[int], inner: ConfigDict, *,
+                resnets: Sequence[int] | None = None) -> ConfigDict:
+    """A small outer level around ``inner`` (convolutions only, as the paper's outer levels)."""
+    n = len(channels)
+    groups = inner.resnet_config.num_groups_norm
+    return ConfigDict(dict(
+        resolution=resolution,
+        resolution_channels=list(channels),
+        num_resnets_per_resolution=list(resnets or [1] * n),
+        attention_levels=[],
+        num_attention_layers=[0] * n,
+        num_heads=inner.num_heads,
+        temporal_dim=inner.temporal_dim,
+        conditioning_feature_dim=inner.conditioning_feature_dim,
+        conditioning_feature_proj_dim=-1,
+        num_lm_head_layers=0,
+        masked_cross_attention=1,
+        skip_mid_blocks=True,
+        skip_cond_emb=True,
+        micro_conditioning=f"scale:{resolution}",
+        resnet_config=dict(num_groups_norm=groups, dropout=0.0, use_attention_ffn=False),
+        skip_normalization=True,
+        skip_inner_unet_input=False,
+        inner_config=inner,
+    ))

@@ -1,0 +1,92 @@
+"""The trainable model of one phase: the (Nested)UNet plus, optionally, a small text encoder trained jointly.
+
+Parameters are one tree ``{"unet": ..., "text": ...}`` so that progressive growth, freezing and checkpoints
+address both with the same '/'-paths. ``apply(params, xs, t, cond)`` has the diffusion core's
+``apply_fn`` signature; ``cond`` holds the batch's conditioning keys (``labels``, ``lm_outputs``/``lm_mask`` or
+``tokens``/``lm_mask``, which the text encoder turns into ``lm_outputs``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mdm_jax.models import UNetSpec, build_model
+
+Array = jax.Array
+COND_KEYS = ("labels", "lm_outputs", "lm_mask", "tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A phase's networks; hashable so jitted functions can close over it."""
+
+    unet: nn.Module
+    spec: UNetSpec
+    text: nn.Module | None = None
+
+    @property
+    def uses_dropout(self) -> bool:
+        return any(level.dropout > 0 for level in self.spec.levels)
+
+    def init(self, rng: Array, cond: Mapping[str, Array]) -> dict[str, Any]:
+        """Fresh float32 parameters (call under ``jax.jit(..., out_shardings=...)`` to create them sharded)."""
+        k_unet, k_text = jax.random.split(rng)
+        cond = {k: v[:1] for k, v in cond.items() if k in COND_KEYS}
+        params = {}
+        if self.text is not None:
+            params["text"] = self.text.init(k_text, cond["tokens"], cond["lm_mask"])["params"]
+        xs = [jnp.zeros((1, lvl.resolution, lvl.resolution, lvl.input_channels)) for lvl in self.spec.levels]
+        lm_outputs, lm_mask = self._text_features(params, cond)
+        params["unet"] = self.unet.init(k_unet, xs, jnp.zeros((1,), jnp.int32), lm_outputs=lm_outputs,
+                                        lm_mask=lm_mask, labels=cond.get("labels"))["params"]
+        return params
+
+    def _text_features(self, params: Mapping[str, Any], cond: Mapping[str, Array]) -> tuple[Array | None, Array | None]:
+        if "tokens" in cond:
+            if self.text is None:
+                raise ValueError("batch has 'tokens' but config.text_encoder is None: set a text encoder or give "
+                                 "precomputed lm_outputs")
+            if "text" not in params:
+                return None, cond.get("lm_mask")
+            return self.text.apply({"params": params["text"]}, cond["tokens"], cond["lm_mask"]), cond["lm_mask"]
+        return cond.get("lm_outputs"), cond.get("lm_mask")
+
+    def apply(self, params: Mapping[str, Any], xs: list[Array], t: Array, cond: Mapping[str, Array],
+              dropout_rng: Array | None = None) -> list[Array]:
+        """Outputs high -> low (float32). Rows of ``cond`` beyond a level's batch are ignored by the model."""
+        lm_outputs, lm_mask = self._text_features(params, cond)
+        deterministic = dropout_rng is None or not self.uses_dropout
+        rngs = None if deterministic else {"dropout": dropout_rng}
+        return self.unet.apply({"params": params["unet"]}, list(xs), t, lm_outputs=lm_outputs, lm_mask=lm_mask,
+                               labels=cond.get("labels"), deterministic=deterministic, rngs=rngs)
+
+
+def build(model_config: Mapping[str, Any], *, dtype: str = "float32", remat: bool = False,
+          text_encoder: nn.Module | None = None) -> Model:
+    """``Model`` from a UNet config (ml-mdm field names) and an optional text encoder module."""
+    unet = build_model(model_config, dtype=dtype, remat=remat)
+    return Model(unet=unet, spec=unet.spec, text=text_encoder)
+
+
+def build_text_encoder(cfg: Mapping[str, Any] | None, info: Any, dtype: str = "float32") -> nn.Module | None:
+    """The small trainable text encoder (``mdm_jax.text.small_encoder``), or None for labels / precomputed text.
+
+    ``cfg`` holds ``dim`` (= the UNet's ``conditioning_feature_dim``), ``num_layers``, ``num_heads``,
+    ``mlp_ratio``; vocabulary and length come from the data's tokenizer.
+    """
+    if not cfg:
+        return None
+    if getattr(info, "tokenizer", None) is None:
+        raise ValueError("config.text_encoder is set but the data does not emit tokens (precomputed lm_outputs or "
+                         "no text conditioning): set config.text_encoder = None")
+    from mdm_jax.text.small_encoder import SmallTextEncoder
+
+    return SmallTextEncoder(vocab_size=int(info.vocab_size), dim=int(cfg["dim"]), num_layers=int(cfg["num_layers"]),
+                            num_heads=int(cfg["num_heads"]), max_length=int(info.max_length),
+                            mlp_ratio=int(cfg.get("mlp_ratio", 4)), dtype=jnp.dtype(dtype))

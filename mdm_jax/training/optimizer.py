@@ -1,0 +1,93 @@
+"""The optimizer of Appendix B (Adam, warmup, global-norm clipping) with per-subtree freezing and lr multipliers.
+
+Frozen subtrees are handled twice on purpose: the train step wraps them in ``stop_gradient`` (so they neither
+cost a weight-gradient computation nor count in the clipping norm, as ``requires_grad=False`` in PyTorch), and
+the optimizer maps them to ``set_to_zero`` (so they carry no Adam moments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+FROZEN = "frozen"
+DEFAULT = "default"
+
+
+def under(path: str, prefix: str) -> bool:
+    """Whether '/'-joined ``path`` lies in the subtree ``prefix`` ('' is the whole tree)."""
+    return not prefix or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def learning_rate_schedule(cfg: Mapping[str, Any]) -> optax.Schedule:
+    """Linear warmup from 0 to ``learning_rate`` over ``warmup_steps``, then constant (ml-mdm)."""
+    lr, warmup = float(cfg["learning_rate"]), int(cfg.get("warmup_steps", 0))
+    if warmup <= 0:
+        return optax.constant_schedule(lr)
+    return optax.linear_schedule(0.0, lr, warmup)
+
+
+def param_labels(params: Any, freeze: Sequence[str] = (), lr_multipliers: Mapping[str, float] | None = None) -> Any:
+    """Tree of labels: 'frozen', 'lr*<m>' for a multiplier, else 'default'. Unknown prefixes raise."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    multipliers = dict(lr_multipliers or {})
+    for prefix in [*freeze, *multipliers]:
+        if not any(under(k, prefix) for k in flat):
+            tops = sorted({k.split("/")[0] for k in flat})
+            raise ValueError(f"freeze/lr_multipliers: no parameter under {prefix!r} (top-level subtrees: {tops})")
+
+    def label(path: str) -> str:
+        if any(under(path, f) for f in freeze):
+            return FROZEN
+        best = max((p for p in multipliers if under(path, p)), key=len, default=None)  # most specific wins
+        if best is None or float(multipliers[best]) == 1.0:
+            return DEFAULT
+        return f"lr*{float(multipliers[best])!r}"
+
+    return traverse_util.unflatten_dict({k: label(k) for k in flat}, sep="/")
+
+
+def frozen_mask(labels: Any) -> Any:
+    return jax.tree.map(lambda label: label == FROZEN, labels)
+
+
+def make_optimizer(cfg: Mapping[str, Any], labels: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """clip_by_global_norm -> Adam(W) -> lr schedule (x multiplier per label); returns (tx, base schedule)."""
+    schedule = learning_rate_schedule(cfg)
+    mu_dtype = jnp.dtype(cfg["mu_dtype"]) if cfg.get("mu_dtype") else None
+
+    def adam(multiplier: float) -> optax.GradientTransformation:
+        parts = [optax.scale_by_adam(b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"], mu_dtype=mu_dtype)]
+        if cfg.get("name", "adam") == "adamw" and float(cfg.get("weight_decay", 0.0)) > 0:
+            parts.append(optax.add_decayed_weights(float(cfg["weight_decay"])))
+        elif cfg.get("name", "adam") not in ("adam", "adamw"):
+            raise ValueError(f"optimizer.name: expected 'adam' or 'adamw', got {cfg['name']!r}")
+        sched = schedule if multiplier == 1.0 else (lambda step: schedule(step) * multiplier)
+        parts.append(optax.scale_by_learning_rate(sched))
+        return optax.chain(*parts)
+
+    clip = float(cfg.get("grad_clip_norm", 0.0))
+    head = [optax.clip_by_global_norm(clip)] if clip > 0 else []
+    names = sorted(set(jax.tree.leaves(labels)))
+    if names == [DEFAULT]:
+        return optax.chain(*head, adam(1.0)), schedule
+    transforms = {}
+    for name in names:
+        if name == FROZEN:
+            transforms[name] = optax.set_to_zero()
+        elif name == DEFAULT:
+            transforms[name] = adam(1.0)
+        else:
+            transforms[name] = adam(float(name.removeprefix("lr*")))
+    return optax.chain(*head, optax.multi_transform(transforms, labels)), schedule
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+    """ema <- decay * ema + (1 - decay) * params, in float32 (ml-mdm's ModelEma, from step 0)."""
+    d = jnp.float32(decay)
+    return jax.tree.map(lambda e, p: e * d + (1.0 - d) * p.astype(e.dtype), ema, params)

@@ -1,0 +1,58 @@
+"""One optimisation step: joint multi-resolution loss, gradients, clipped Adam, EMA; jitted with shardings.
+
+Randomness (time, noise, dropout) is ``fold_in(seed, global step)``: a resumed run draws exactly what an
+uninterrupted one would, with no RNG in the state.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import Mesh
+
+from mdm_jax.diffusion.loss import loss_fn
+from mdm_jax.training import partitioning
+from mdm_jax.training.model_fn import Model
+from mdm_jax.training.optimizer import ema_update, frozen_mask
+from mdm_jax.training.phases import Phase
+from mdm_jax.training.state import TrainState
+
+Array = jax.Array
+StepFn = Callable[[TrainState, Mapping[str, Array]], tuple[TrainState, dict[str, Array]]]
+
+
+def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                 labels: Any, *, ema_decay: float, seed: int) -> StepFn:
+    """The pure step function (not jitted): ``(state, batch) -> (state, metrics)``."""
+    frozen = frozen_mask(labels)
+    base_key = jax.random.key(seed)
+
+    def step_fn(state: TrainState, batch: Mapping[str, Array]) -> tuple[TrainState, dict[str, Array]]:
+        k_loss, k_drop = jax.random.split(jax.random.fold_in(base_key, state.step))
+        apply = functools.partial(model.apply, dropout_rng=k_drop)
+
+        def loss_of(params: Any) -> tuple[Array, dict[str, Array]]:
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+            return loss_fn(params, batch, k_loss, apply_fn=apply, cfg=phase.diffusion)
+
+        (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema, params, ema_decay)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                       learning_rate=schedule(state.step - phase.start_step))
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
+
+    return step_fn
+
+
+def jit_step(step_fn: StepFn, state_shardings: TrainState, batch_example: Mapping[str, Any],
+             mesh: Mesh) -> Callable:
+    """jit with explicit in/out shardings; the old state's buffers are donated to the new one."""
+    batch_shardings = {k: partitioning.batch_sharding(mesh, v.ndim) for k, v in batch_example.items()}
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, partitioning.replicated(mesh)), donate_argnums=(0,))

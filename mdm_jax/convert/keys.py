@@ -39,6 +39,7 @@ def torch_key(path: tuple[str, ...]) -> str:
 def to_flax_layout(value: np.ndarray, target_shape: tuple[int, ...], key: str) -> np.ndarray:
     """Transpose a PyTorch tensor into the layout of the Flax leaf it fills."""
     value = np.asarray(value)
+    torch_shape = tuple(value.shape)
     if value.ndim == 4 and len(target_shape) == 4:  # conv OIHW -> HWIO
         value = value.transpose(2, 3, 1, 0)
     elif value.ndim == 4 and len(target_shape) == 2:  # 1x1 conv used as a Dense layer
@@ -48,7 +49,7 @@ def to_flax_layout(value: np.ndarray, target_shape: tuple[int, ...], key: str) -
     elif value.ndim == 2 and len(target_shape) == 2 and not key.endswith("label_emb.weight"):
         value = value.T  # linear (out, in) -> (in, out)
     if tuple(value.shape) != tuple(target_shape):
-        raise ConversionError(f"{key}: shape {tuple(np.asarray(value).shape)} does not fit parameter of shape "
+        raise ConversionError(f"{key}: PyTorch shape {torch_shape} does not fit parameter of Flax shape "
                               f"{tuple(target_shape)}")
     return value
 
@@ -93,7 +94,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], param_shapes: Any, spec: U
 
     ``param_shapes`` is the model's parameter tree (arrays or ShapeDtypeStructs, e.g. from ``jax.eval_shape``).
     With ``strict`` any missing, unexpected or mis-shaped key raises a ``ConversionError`` listing all of them.
-    Non-strict conversion fills missing leaves from ``fill`` (a params tree, e.g. a fresh init) and says so; it
+    Non-strict conversion fills missing and mis-shaped leaves from ``fill`` (a params tree, e.g. a fresh init) and says so; it
     never leaves a leaf silently at a random value.
     """
     flat = traverse_util.flatten_dict(param_shapes)
@@ -113,6 +114,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], param_shapes: Any, spec: U
             loaded.append(key)
         except ConversionError as e:
             mismatched.append(str(e))
+            if path in fill_flat:
+                out[path] = np.asarray(fill_flat[path])
     unused = sorted(k for k in remaining if any(k.startswith(p) for p in drop))
     unexpected = sorted(k for k in remaining if k not in unused)
     report = ConversionReport(loaded, missing, unexpected, mismatched, unused)

@@ -33,8 +33,8 @@ setup(
         # Reading .pth checkpoints needs no torch (restricted unpickler); torch is only used by tests that write
         # them and by the T5 parity test. CPU wheel: pip install torch --index-url https://download.pytorch.org/whl/cpu
         "convert": ["torch>=2.2"],
-        "text": ["transformers>=5.0", "sentencepiece>=0.2"],
-        "data": ["tensorflow-datasets>=4.9", "array-record>=0.5"],
+        "text": ["transformers>=5.0,<6", "sentencepiece>=0.2,<0.3"],
+        "data": ["tensorflow-datasets>=4.9.10,<5", "array-record>=0.5"],
         "dev": ["pytest>=8.0", "ruff>=0.6"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -51,8 +51,8 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     c.sample = config_lib.sample(
         every_steps=0, num_images=4 if tiny else 16, num_steps=4 if tiny else 50, guidance_weight=2.0,
         threshold="clip",
-        prompts=[] if tiny else [
+        prompts=() if tiny else (
             "a red circle in the top left", "a blue square in the center", "a green triangle in the bottom right",
             "a yellow diamond in the top right", "a purple circle in the bottom left",
-            "a orange square in the center", "a red triangle in the center", "a blue diamond in the bottom left"])
+            "a orange square in the center", "a red triangle in the center", "a blue diamond in the bottom left"))
     return c

@@ -64,7 +64,7 @@ def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", mod
         batch_size=batch_size,
         steps=steps,
         init_from=dict(init_from) if init_from else None,
-        freeze=list(freeze),
+        freeze=tuple(freeze),
         lr_multipliers=dict(lr_multipliers) if lr_multipliers else None,
         multi_res_weights=multi_res_weights,
         mixed_ratio=mixed_ratio,
@@ -85,8 +85,8 @@ def sample(**overrides: Any) -> ConfigDict:
         threshold="dynamic_if",  # 'none' | 'clip' | 'dynamic' | 'dynamic_if'
         threshold_quantile=-1.0,  # < 0: the threshold kind's default
         threshold_max=-1.0,
-        prompts=[],  # text models: captions to sample (default: captions of a validation batch)
-        labels=[],  # class models: labels to sample (default: 0, 1, 2, ...)
+        prompts=(),  # text models: captions to sample (default: captions of a validation batch)
+        labels=(),  # class models: labels to sample (default: 0, 1, 2, ...)
         negative_prompt="",
         use_ema=True,
         seed=0,
@@ -179,3 +179,17 @@ def tiny_nested(resolution: int, channels: Sequence[int], inner: ConfigDict, *,
         skip_inner_unet_input=False,
         inner_config=inner,
     ))
+
+
+def load(spec: str) -> ConfigDict:
+    """``'configs/demo.py:tiny'`` -> that file's ``get_config('tiny')`` (what ``--config=`` does, for scripts/tests)."""
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()

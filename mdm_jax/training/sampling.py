@@ -103,3 +103,67 @@ def write_grids(levels: list[np.ndarray], captions: list[str], resolutions: tupl
         f.write("\n".join(captions) + "\n")
     logging.info("Wrote sample grids %s", ", ".join(paths))
     return paths
+
+
+def _data_info(config: ml_collections.ConfigDict, phase: Phase, num: int) -> tuple[Any, Any]:
+    """(DataInfo, a validation batch or None); the batch supplies captions/labels/features when none are given."""
+    from mdm_jax import data as data_lib
+
+    cfg = ml_collections.ConfigDict(phase.data_config.to_dict())
+    cfg.keep_captions, cfg.num_workers, cfg.cond_drop_prob = True, 0, 0.0
+    err = None
+    for split in ("validation", "test", "train"):
+        try:
+            it, info = data_lib.create_dataset(cfg, global_batch_size=num * jax.process_count(),
+                                               seed=int(config.seed), split=split)
+            try:
+                return info, next(it)
+            except Exception:  # noqa: BLE001 - info is enough when prompts/labels are given
+                return info, None
+        except Exception as e:  # noqa: BLE001 - sources differ in which splits exist
+            err = e
+    raise RuntimeError(f"sample: cannot build the data info of phase '{phase.name}' (needed for its "
+                       f"tokenizer / labels): {err}")
+
+
+def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """``--mode=sample``: grids from the EMA (or raw) weights of a run's checkpoint; returns the PNG paths."""
+    from mdm_jax.training import checkpoint as ckpt_lib
+    from mdm_jax.training import model_fn, partitioning, sources
+    from mdm_jax.training import phases as phases_lib
+
+    cfg = config.sample
+    path = cfg.get("checkpoint") or workdir
+    step_dir = sources._step_dir(path, int(cfg.get("step", -1)))
+    meta = ckpt_lib.read_json_item(step_dir, "meta")
+    phases = phases_lib.build_phases(config)
+    idx = int(meta["phase"])
+    if idx >= len(phases) or phases[idx].name != meta.get("phase_name"):
+        raise ValueError(f"{step_dir} was written by phase {idx} '{meta.get('phase_name')}', which this config "
+                         f"does not have ({[p.name for p in phases]}); pass the run's config")
+    phase = phases[idx]
+    info, batch = _data_info(config, phase, int(cfg.num_images))
+    text = model_fn.build_text_encoder(config.get("text_encoder"), info, config.model.dtype)
+    model = model_fn.build(phase.model_config, dtype=config.model.dtype, text_encoder=text)
+    from mdm_jax.training.trainer import example_batch
+
+    example = example_batch(info, 1)
+    abstract = jax.eval_shape(lambda k: model.init(k, example), jax.random.key(0))
+    mesh = partitioning.make_mesh(config.mesh)
+    shardings = partitioning.tree_shardings(abstract, mesh, int(config.sharding.min_size))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    import orbax.checkpoint as ocp
+
+    item = "ema" if cfg.get("use_ema", True) else "state"
+    ckptr = ocp.StandardCheckpointer()
+    if item == "ema":
+        params = ckptr.restore(os.path.join(step_dir, "ema"), target)
+    else:
+        params = sources._restore_numpy(os.path.join(step_dir, "state"), subtree="params")
+        params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
+    step = int(meta["step"])
+    logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images), item, step_dir,
+                 phase.describe())
+    levels, captions = generate(model, phase, params, info, cfg, jax.random.key(int(cfg.get("seed", 0))), batch)
+    out_dir = cfg.get("output_dir") or os.path.join(workdir, "samples", "sample_mode")
+    return write_grids(levels, captions, phase.spec.resolutions, out_dir, step)

@@ -43,7 +43,7 @@ def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, s
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema, params, ema_decay)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                        learning_rate=schedule(state.step - phase.start_step))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 

@@ -1,0 +1,144 @@
+"""The real training loop on the tiny demo config: two phases with growth, checkpoints, samples, resumption.
+
+One reference run (module fixture) is shared: the other tests interrupt or damage copies of it and check that
+the resumed runs end with exactly the reference parameters.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from absl import logging as absl_logging
+
+from mdm_jax.training import config_lib, train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "demo.py")
+
+
+def tiny_config() -> config_lib.ConfigDict:
+    return config_lib.load(f"{CONFIG}:tiny")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def run_collecting_logs(config, workdir):
+    handler = _Collect()
+    logger = absl_logging.get_absl_logger()
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        trainer = train_and_evaluate(config, workdir)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    return trainer, handler.messages
+
+
+def host_params(trainer):
+    return jax.tree.map(np.asarray, jax.device_get((trainer.state.params, trainer.state.ema)))
+
+
+def assert_trees_equal(a, b):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    trainer, messages = run_collecting_logs(tiny_config(), workdir)
+    return workdir, trainer, host_params(trainer), messages
+
+
+def test_real_run_two_phases(reference):
+    workdir, trainer, _, messages = reference
+    steps = [s for s, _ in trainer.history]
+    assert steps == [2, 4, 6, 8, 10, 12]
+    for _, m in trainer.history:
+        assert np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
+    assert "mse/level1" in trainer.history[-1][1] and "mse/level1" not in trainer.history[0][1]
+    assert int(trainer.state.step) == 12
+    # Growth is reported: which parameters came from phase 1, which are new.
+    text = "\n".join(messages)
+    assert "unet/inner_unet <- unet" in text and "text <- text" in text
+    assert "from checkpoint: unet/inner_unet/" in text and "new: unet/in_adapter/kernel" in text
+    assert "Parameter overview" in text and "steps/s, ETA" in text
+    # The phase-1 model is the phase-2 inner UNet: same parameter tree.
+    ckpts = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
+                   if os.path.basename(p).isdigit())
+    assert ckpts == [6, 8, 12]  # keep=2 plus the end of phase 1
+    for name in ("inner/step_00000006_8px.png", "nested/step_00000012_16px.png", "nested/step_00000012_8px.png"):
+        assert os.path.getsize(os.path.join(workdir, "samples", name)) > 100
+    assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+
+
+def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
+    ref_dir, _, ref_params, _ = reference
+    workdir = str(tmp_path / "run")
+    shutil.copytree(ref_dir, workdir)
+    # Damage the newest checkpoint (12): truncate every file of its train state.
+    for f in glob.glob(os.path.join(workdir, "checkpoints", "12", "state", "**", "*"), recursive=True):
+        if os.path.isfile(f):
+            with open(f, "wb") as fh:
+                fh.write(b"\0garbage")
+    trainer, messages = run_collecting_logs(tiny_config(), workdir)
+    warning = [m for m in messages if "unreadable" in m and os.path.join("checkpoints", "12") in m]
+    assert warning, messages[:20]
+    assert any("Resumed from checkpoint" in m and m.split("(step ")[1].startswith("8,") for m in messages)
+    assert os.listdir(os.path.join(workdir, "checkpoints_corrupt"))
+    assert_trees_equal(host_params(trainer), ref_params)
+
+
+def _wait_for(predicate, proc, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
+    _, _, ref_params, _ = reference
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, MDM_COMPILATION_CACHE="/tmp/mdm_jax_test_cache")
+    cmd = [sys.executable, "-m", "mdm_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        ckpt4 = os.path.join(workdir, "checkpoints", "4")
+        found = _wait_for(lambda: os.path.isdir(os.path.join(ckpt4, "state")), proc, timeout=240)
+        assert found, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timed out"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.isdir(os.path.join(workdir, "checkpoints", "12"))  # killed before the end
+    trainer, messages = run_collecting_logs(tiny_config(), workdir)
+    assert any("Resumed from checkpoint" in m for m in messages)
+    assert_trees_equal(host_params(trainer), ref_params)

@@ -8,7 +8,7 @@ from the converted ``unet_<name>.npz`` weights), or ``jax.tree_util.Partial(appl
 Tolerances (absolute, on float32 values; chosen from the fixture README section 8, and stated per row):
 schedules/timesteps 0 (float32 tables are bitwise); gamma values 0; single-step and thresholding math
 1e-6 + 1e-6 * max|ref| (ml-mdm's CPU float32 sqrt/divide is ~1 ulp off correct rounding on some values);
-loss inputs (x_t, targets) 1e-6; network outputs 1e-5; eps-hat 5e-5 (divides by sqrt(1-g) ~ 9e-3 at time 0);
+loss inputs (x_t, targets) 1e-6; network outputs 1e-4 (the model's bound); eps-hat 5e-5 (divides by sqrt(1-g) ~ 9e-3 at time 0);
 mse/losses/loss 1e-5 + 1e-5 * |ref|; sampler trajectory states and images 1e-3 (the brief's bound; a correct
 float32 port lands near 1e-5).
 """
@@ -34,7 +34,7 @@ ModelFn = Callable[[list[jax.Array], jax.Array, Mapping[str, jax.Array]], list[j
 
 STEP_TOL = 1e-6
 STEP_RTOL = 1e-6
-NET_TOL = 1e-5
+NET_TOL = 1e-4  # network outputs: the model's parity bound (ml-mdm's own fp32-vs-fp64 spread is ~3e-6)
 EPS_HAT_TOL = 5e-5
 LOSS_TOL = 1e-5
 TRAJ_TOL = 1e-3

@@ -47,7 +47,7 @@ def optimizer(**overrides: Any) -> ConfigDict:
 def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", model: Mapping | None = None,
           init_from: Mapping[str, str] | None = None, freeze: Sequence[str] = (),
           lr_multipliers: Mapping[str, float] | None = None, multi_res_weights: Any = None,
-          mixed_ratio: Any = None, data: Mapping | None = None) -> ConfigDict:
+          mixed_ratio: Any = None, data: Mapping | None = None, diffusion: Mapping | None = None) -> ConfigDict:
     """One progressive-training phase.
 
     ``architecture`` names a paper model (``mdm_jax.models.architectures``) or ``model`` gives the model config
@@ -55,7 +55,9 @@ def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", mod
     previous phase's (or of ``init.checkpoint``'s), e.g. ``{"unet/inner_unet": "unet"}``: the 64 model becomes
     the inner UNet of the 256 model. ``freeze`` lists subtrees that get no updates (nor optimizer state);
     ``lr_multipliers`` scales the learning rate of subtrees. Paths are '/'-joined prefixes of the parameter
-    tree whose top level is ``unet`` (+ ``text`` with a trainable text encoder).
+    tree whose top level is ``unet`` (+ ``text`` with a trainable text encoder). ``multi_res_weights`` (high ->
+    low, e.g. '16:4:1') and ``mixed_ratio`` (e.g. '2:1': the top level trains on the first 2/3 of each batch) are
+    the phase's loss settings; ``data`` and ``diffusion`` override ``config.data`` / ``config.diffusion`` fields.
     """
     return ConfigDict(dict(
         name=name,
@@ -69,6 +71,7 @@ def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", mod
         multi_res_weights=multi_res_weights,
         mixed_ratio=mixed_ratio,
         data=ConfigDict(data) if data else None,
+        diffusion=ConfigDict(diffusion) if diffusion else None,
     ), type_safe=False)
 
 
@@ -131,7 +134,7 @@ def base_config() -> ConfigDict:
 def tiny_unet(resolution: int, channels: Sequence[int], *, resnets: Sequence[int] | None = None,
               attention_levels: Sequence[int] = (), num_attention_layers: Sequence[int] | None = None,
               cond_dim: int = -1, temporal_dim: int = 64, num_heads: int = 4,
-              use_attention_ffn: bool = True) -> ConfigDict:
+              use_attention_ffn: bool = True, groups: int = 8) -> ConfigDict:
     """A small single-level UNet config (ml-mdm field names) for CPU runs and tests."""
     n = len(channels)
     return ConfigDict(dict(
@@ -149,8 +152,7 @@ def tiny_unet(resolution: int, channels: Sequence[int], *, resnets: Sequence[int
         skip_mid_blocks=False,
         skip_cond_emb=False,
         micro_conditioning=f"scale:{resolution}",
-        resnet_config=dict(num_groups_norm=min(32, min(channels)), dropout=0.0,
-                           use_attention_ffn=use_attention_ffn),
+        resnet_config=dict(num_groups_norm=groups, dropout=0.0, use_attention_ffn=use_attention_ffn),
     ))
 
 
@@ -181,6 +183,21 @@ def tiny_nested(resolution: int, channels: Sequence[int], inner: ConfigDict, *,
     ))
 
 
+def tiny_architecture(resolutions: Sequence[int], *, cond_dim: int = -1, num_classes: int = 0,
+                      width: int = 32) -> ConfigDict:
+    """A CPU-sized stand-in for a paper architecture with the same nesting (resolutions high -> low): the inner
+    UNet has attention (and cross-attention with text), the outer levels are convolutional, as in Appendix A."""
+    res = list(resolutions)
+    cfg = tiny_unet(res[-1], [width, 2 * width], attention_levels=[1], cond_dim=cond_dim, temporal_dim=2 * width)
+    for hi, lo in zip(res[-2::-1], res[::-1], strict=False):
+        levels = {2: 2, 4: 3}.get(hi // lo)
+        if levels is None:
+            raise ValueError(f"tiny_architecture: nest ratio {hi // lo} ({hi} around {lo}) must be 2 or 4")
+        cfg = tiny_nested(hi, [max(8, width // 2)] * (levels - 1) + [width], cfg)
+    cfg.num_classes = num_classes
+    return cfg
+
+
 def load(spec: str) -> ConfigDict:
     """``'configs/demo.py:tiny'`` -> that file's ``get_config('tiny')`` (what ``--config=`` does, for scripts/tests)."""
     import importlib.util
@@ -193,3 +210,15 @@ def load(spec: str) -> ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
+
+
+def sibling(config_file: str, name: str) -> Any:
+    """Import ``name``.py from the directory of ``config_file`` (experiment files reuse each other's pieces)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module

@@ -74,6 +74,8 @@ def model_config_for(phase_cfg: ml_collections.ConfigDict, config: ml_collection
 def diffusion_spec_for(config: ml_collections.ConfigDict, phase_cfg: ml_collections.ConfigDict,
                        spec: UNetSpec) -> DiffusionSpec:
     d = config.diffusion.to_dict()
+    if phase_cfg.get("diffusion"):
+        d.update(phase_cfg.diffusion.to_dict())
     d["scales"] = tuple(spec.scales)
     d["multi_res_weights"] = phase_cfg.get("multi_res_weights")
     d["mixed_ratio"] = phase_cfg.get("mixed_ratio")

@@ -47,8 +47,8 @@ def _worker() -> dict:
     state1 = jax.device_put(host, run1.shardings)
 
     batch = trainer._host_batch(run8.data)
-    new8, m8 = run8.step_fn(state8, partitioning.global_batch(batch, mesh8))
-    new1, m1 = run1.step_fn(state1, partitioning.global_batch(batch, mesh1))
+    new8, m8 = run8.step_fn(state8, partitioning.global_batch(batch, mesh8), run8.frozen)
+    new1, m1 = run1.step_fn(state1, partitioning.global_batch(batch, mesh1), run1.frozen)
     p8, p1 = jax.device_get(new8.params), jax.device_get(new1.params)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p8), jax.tree.leaves(p1), strict=True))
     return {

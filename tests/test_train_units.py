@@ -167,3 +167,37 @@ def test_nan_loss_stops_the_real_loop(tmp_path, monkeypatch):
         trainer_lib.train_and_evaluate(cfg, str(tmp_path))
     # Nothing at or after the poisoned step was checkpointed.
     assert not os.path.exists(tmp_path / "checkpoints" / "4")
+
+
+def test_frozen_t5_text_encoder_trains_only_the_unet():
+    """cc12m configs: FLAN-T5 runs frozen inside the step; its weights live outside the train state."""
+    from mdm_jax.text import t5
+    from mdm_jax.training import model_fn, train_step
+    from mdm_jax.training import state as state_lib
+
+    t5_cfg = t5.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                         feed_forward_proj="gated-gelu")
+    encoder = t5.T5Encoder(t5_cfg)
+    tokens = np.array([[5, 6, 7, 1, 0, 0], [9, 1, 0, 0, 0, 0]], np.int32)
+    batch = {"images": np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32),
+             "tokens": tokens, "lm_mask": (tokens != 0).astype(np.float32)}
+    frozen = encoder.init(jax.random.key(1), tokens, batch["lm_mask"])["params"]
+    cfg = config_lib.base_config()
+    cfg.optimizer.warmup_steps = 0
+    cfg.phases = [config_lib.phase("p", model=config_lib.tiny_architecture([8], cond_dim=32, width=16),
+                                   batch_size=2, steps=1)]
+    phase = phases.build_phases(cfg)[0]
+    model = model_fn.build(phase.model_config, text=model_fn.TextSetup(frozen=encoder, frozen_dim=32))
+    params = model.init(jax.random.key(0), batch)
+    assert set(params) == {"unet"}
+    labels = optimizer.param_labels(params)
+    tx, sched = optimizer.make_optimizer(cfg.optimizer, labels)
+    step = jax.jit(train_step.make_step_fn(model, phase, tx, sched, labels, ema_decay=0.9, seed=0))
+    new, metrics = step(state_lib.init_state(params, tx), batch, frozen)
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    # The text features really come from the frozen encoder: other weights change the second step's gradients
+    # (zero-initialised output layers make the first step blind to everything but the last layer).
+    _, second = step(new, batch, frozen)
+    other = jax.tree.map(lambda x: x + 0.5 * jax.random.normal(jax.random.key(2), x.shape), frozen)
+    _, second_other = step(new, batch, other)
+    assert float(second_other["grad_norm"]) != float(second["grad_norm"])

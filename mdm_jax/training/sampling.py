@@ -68,7 +68,7 @@ def conditioning(info: Any, cfg: ml_collections.ConfigDict, num: int, batch: Map
 
 
 def generate(model: Model, phase: Phase, params: Any, info: Any, cfg: ml_collections.ConfigDict, rng: jax.Array,
-             batch: Mapping[str, Any] | None = None) -> tuple[list[np.ndarray], list[str]]:
+             batch: Mapping[str, Any] | None = None, frozen: Any = None) -> tuple[list[np.ndarray], list[str]]:
     """Sample ``cfg.num_images`` images; returns (uint8 NHWC per level high -> low, captions)."""
     num = int(cfg.num_images)
     gw = cfg.get("guidance_weight")
@@ -77,7 +77,7 @@ def generate(model: Model, phase: Phase, params: Any, info: Any, cfg: ml_collect
     q, m = float(cfg.get("threshold_quantile", -1)), float(cfg.get("threshold_max", -1))
     top = phase.spec.levels[0]
     out = sampler.sample(
-        jax.tree_util.Partial(model.apply, params), phase.diffusion, cond,
+        jax.tree_util.Partial(model.apply, params, frozen=frozen or None), phase.diffusion, cond,
         shape=(num, top.resolution, top.resolution, top.output_channels), rng=rng,
         num_steps=int(cfg.num_steps), method=str(cfg.method), eta=float(cfg.eta),
         guidance_weight=float(gw) if use_cfg else None, threshold_kind=str(cfg.threshold),
@@ -143,13 +143,13 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
                          f"does not have ({[p.name for p in phases]}); pass the run's config")
     phase = phases[idx]
     info, batch = _data_info(config, phase, int(cfg.num_images))
-    text = model_fn.build_text_encoder(config.get("text_encoder"), info, config.model.dtype)
-    model = model_fn.build(phase.model_config, dtype=config.model.dtype, text_encoder=text)
-    from mdm_jax.training.trainer import example_batch
+    from mdm_jax.training.trainer import example_batch, text_setup
 
+    mesh = partitioning.make_mesh(config.mesh)
+    text, frozen, _ = text_setup(config, info, mesh)
+    model = model_fn.build(phase.model_config, dtype=config.model.dtype, text=text)
     example = example_batch(info, 1)
     abstract = jax.eval_shape(lambda k: model.init(k, example), jax.random.key(0))
-    mesh = partitioning.make_mesh(config.mesh)
     shardings = partitioning.tree_shardings(abstract, mesh, int(config.sharding.min_size))
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     import orbax.checkpoint as ocp
@@ -164,6 +164,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
     step = int(meta["step"])
     logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images), item, step_dir,
                  phase.describe())
-    levels, captions = generate(model, phase, params, info, cfg, jax.random.key(int(cfg.get("seed", 0))), batch)
+    levels, captions = generate(model, phase, params, info, cfg, jax.random.key(int(cfg.get("seed", 0))), batch,
+                                frozen=frozen)
     out_dir = cfg.get("output_dir") or os.path.join(workdir, "samples", "sample_mode")
     return write_grids(levels, captions, phase.spec.resolutions, out_dir, step)

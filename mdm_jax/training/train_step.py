@@ -22,21 +22,22 @@ from mdm_jax.training.phases import Phase
 from mdm_jax.training.state import TrainState
 
 Array = jax.Array
-StepFn = Callable[[TrainState, Mapping[str, Array]], tuple[TrainState, dict[str, Array]]]
+StepFn = Callable[[TrainState, Mapping[str, Array], Any], tuple[TrainState, dict[str, Array]]]
 
 
 def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, schedule: optax.Schedule,
                  labels: Any, *, ema_decay: float, seed: int) -> StepFn:
-    """The pure step function (not jitted): ``(state, batch) -> (state, metrics)``."""
-    frozen = frozen_mask(labels)
+    """The pure step function (not jitted): ``(state, batch, frozen) -> (state, metrics)``; ``frozen`` holds the
+    frozen text encoder's weights (``{}`` without one)."""
+    frozen_leaves = frozen_mask(labels)
     base_key = jax.random.key(seed)
 
-    def step_fn(state: TrainState, batch: Mapping[str, Array]) -> tuple[TrainState, dict[str, Array]]:
+    def step_fn(state: TrainState, batch: Mapping[str, Array], frozen: Any) -> tuple[TrainState, dict[str, Array]]:
         k_loss, k_drop = jax.random.split(jax.random.fold_in(base_key, state.step))
-        apply = functools.partial(model.apply, dropout_rng=k_drop)
+        apply = functools.partial(model.apply, dropout_rng=k_drop, frozen=frozen if frozen else None)
 
         def loss_of(params: Any) -> tuple[Array, dict[str, Array]]:
-            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_leaves)
             return loss_fn(params, batch, k_loss, apply_fn=apply, cfg=phase.diffusion)
 
         (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -51,8 +52,8 @@ def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, s
 
 
 def jit_step(step_fn: StepFn, state_shardings: TrainState, batch_example: Mapping[str, Any],
-             mesh: Mesh) -> Callable:
+             mesh: Mesh, frozen_shardings: Any = None) -> Callable:
     """jit with explicit in/out shardings; the old state's buffers are donated to the new one."""
     batch_shardings = {k: partitioning.batch_sharding(mesh, v.ndim) for k, v in batch_example.items()}
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+    return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, frozen_shardings or {}),
                    out_shardings=(state_shardings, partitioning.replicated(mesh)), donate_argnums=(0,))

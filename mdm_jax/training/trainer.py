@@ -48,6 +48,7 @@ class PhaseRun:
     info: Any
     example: dict[str, np.ndarray]
     step_fn: Any
+    frozen: Any = dataclasses.field(default_factory=dict)  # frozen text encoder weights (on device)
     compiled: Any = None
     flops: float = float("nan")
 
@@ -79,8 +80,8 @@ def check_compatible(phase: phases_lib.Phase, info: Any, model: model_fn.Model) 
             raise ValueError(f"{name}: data '{info.name}' has {info.num_classes} classes but the model's "
                              f"num_classes is {inner.num_classes} (set config.model.num_classes)")
     elif info.conditioning == "text":
-        width = info.lm_dim if info.lm_dim else getattr(model.text, "dim", None)
-        if info.lm_dim is None and model.text is None:
+        width = info.lm_dim if info.lm_dim else (getattr(model.text, "dim", None) or model.frozen_dim or None)
+        if info.lm_dim is None and model.text is None and model.frozen_text is None:
             raise ValueError(f"{name}: data emits tokens but config.text_encoder is None")
         if inner.input_cond_dim <= 0:
             raise ValueError(f"{name}: data is text-conditioned but the model has no text input "
@@ -92,25 +93,45 @@ def check_compatible(phase: phases_lib.Phase, info: Any, model: model_fn.Model) 
         raise ValueError(f"{name}: the model is conditional but data '{info.name}' has no conditioning")
 
 
-def setup_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, mesh: jax.sharding.Mesh) -> PhaseRun:
+def text_setup(config: ml_collections.ConfigDict, info: Any, mesh: jax.sharding.Mesh,
+               cache: dict[str, Any] | None = None) -> tuple[model_fn.TextSetup, Any, Any]:
+    """(text setup, frozen weights on device, their shardings); a frozen encoder is loaded once per run."""
+    cfg = config.get("text_encoder")
+    key = json.dumps(cfg.to_dict() if cfg else None, sort_keys=True)
+    if cache is not None and key in cache:
+        return cache[key]
+    text = model_fn.build_text_encoder(cfg, info, config.model.dtype)
+    frozen, shardings = {}, {}
+    if text.frozen is not None:
+        shardings = jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), text.frozen_specs)
+        frozen = jax.device_put(text.frozen_params, shardings)
+        text.frozen_params = None  # the host copy is no longer needed
+    out = (text, frozen, shardings)
+    if cache is not None and text.frozen is not None:
+        cache[key] = out
+    return out
+
+
+def setup_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, mesh: jax.sharding.Mesh,
+                text_cache: dict[str, Any] | None = None) -> PhaseRun:
     partitioning.check_batch_size(phase.batch_size, mesh)
     data, info = data_lib.create_dataset(phase.data_config, global_batch_size=phase.batch_size,
                                          seed=int(config.seed), split="train")
-    text = model_fn.build_text_encoder(config.get("text_encoder"), info, config.model.dtype)
+    text, frozen, frozen_shardings = text_setup(config, info, mesh, text_cache)
     model = model_fn.build(phase.model_config, dtype=config.model.dtype, remat=bool(config.model.remat),
-                           text_encoder=text)
+                           text=text)
     check_compatible(phase, info, model)
     example = example_batch(info, info.per_host_batch_size)
     abstract_params = jax.eval_shape(lambda k: model.init(k, example), jax.random.key(0))
     labels = param_labels(abstract_params, phase.freeze, phase.lr_multipliers)
     tx, schedule = make_optimizer(config.optimizer, labels)
-    run = PhaseRun(phase, model, tx, schedule, labels, None, None, data, info, example, None)
+    run = PhaseRun(phase, model, tx, schedule, labels, None, None, data, info, example, None, frozen)
     abstract = state_lib.abstract_state(abstract_params, tx)
     run.shardings = state_lib.state_shardings(abstract, mesh, int(config.sharding.min_size))
     run.abstract = state_lib.abstract_state(abstract_params, tx, run.shardings)
     step_fn = make_step_fn(model, phase, tx, schedule, labels, ema_decay=float(config.optimizer.ema_decay),
                            seed=int(config.seed))
-    run.step_fn = jit_step(step_fn, run.shardings, example, mesh)
+    run.step_fn = jit_step(step_fn, run.shardings, example, mesh, frozen_shardings)
     return run
 
 
@@ -190,6 +211,7 @@ class Trainer:
         self.stop = StopSignal()
         self.progress: reporting.Progress | None = None
         self._sample_batches: dict[int, Any] = {}
+        self._text_cache: dict[str, Any] = {}
 
     # ---- starting point ------------------------------------------------------------------------------------
     def _restore(self, step: int) -> tuple[PhaseRun, state_lib.TrainState]:
@@ -198,7 +220,7 @@ class Trainer:
         if idx >= len(self.phases) or self.phases[idx].name != meta.get("phase_name"):
             raise ValueError(f"checkpoint phase {idx} '{meta.get('phase_name')}' is not in this config's phases "
                              f"{[p.name for p in self.phases]}")
-        run = setup_phase(self.config, self.phases[idx], self.mesh)
+        run = setup_phase(self.config, self.phases[idx], self.mesh, self._text_cache)
         items, ema = run.abstract.checkpoint_items()
         mid_phase = step < run.phase.end_step
         restored = self.ckpt.restore(step, abstract_state=items, abstract_ema=ema,
@@ -219,7 +241,7 @@ class Trainer:
         k = int(init.get("phase", 0))
         if not 0 <= k < len(self.phases):
             raise ValueError(f"init.phase={k}: the config has phases 0..{len(self.phases) - 1}")
-        run = setup_phase(self.config, self.phases[k], self.mesh)
+        run = setup_phase(self.config, self.phases[k], self.mesh, self._text_cache)
         state = fresh_state(self.config, run, self.mesh)
         if init.get("checkpoint"):
             src = sources.load(init.checkpoint, step=int(init.get("step", -1)))
@@ -234,7 +256,7 @@ class Trainer:
     def next_phase(self, run: PhaseRun, state: state_lib.TrainState) -> tuple[PhaseRun, state_lib.TrainState]:
         """Grow the next phase's model out of the finished one (same process, arrays stay on device)."""
         nxt = self.phases[run.phase.index + 1]
-        new_run = setup_phase(self.config, nxt, self.mesh)
+        new_run = setup_phase(self.config, nxt, self.mesh, self._text_cache)
         new_state = fresh_state(self.config, new_run, self.mesh)
         if nxt.init_from:
             new_state = grow(new_state, new_run, state.params, state.ema, nxt.init_from,
@@ -279,7 +301,7 @@ class Trainer:
         needs_batch = not (cfg.get("prompts") or cfg.get("labels")) or run.info.tokenizer is None
         batch = self._sample_batch(run) if needs_batch else None
         levels, captions = sampling.generate(run.model, run.phase, params, run.info, cfg,
-                                             jax.random.key(int(cfg.get("seed", 0))), batch)
+                                             jax.random.key(int(cfg.get("seed", 0))), batch, frozen=run.frozen)
         sampling.write_grids(levels, captions, run.phase.spec.resolutions,
                              os.path.join(self.workdir, "samples", run.phase.name), step, self.writer)
         logging.info("Sampled %d images in %.1fs", len(captions), time.perf_counter() - t0)
@@ -287,7 +309,7 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------------
     def compile(self, run: PhaseRun, state: state_lib.TrainState, batch: Mapping[str, Any]) -> None:
         t0 = time.perf_counter()
-        run.compiled = run.step_fn.lower(state, batch).compile()
+        run.compiled = run.step_fn.lower(state, batch, run.frozen).compile()
         run.flops = _cost_flops(run.compiled)
         logging.info("Compiled the train step of phase '%s' in %.1fs (%.3g GFLOP per step per device by XLA's "
                      "cost analysis)", run.phase.name, time.perf_counter() - t0, run.flops / 1e9)
@@ -344,7 +366,7 @@ class Trainer:
                 self.progress.pause()
                 self.compile(run, state, batch)
                 self.progress.resume()
-            state, metrics = run.compiled(state, batch)
+            state, metrics = run.compiled(state, batch, run.frozen)
             drain()  # fetch the previous step's metrics while this one runs
             pending = (step + 1, metrics)
             step += 1

@@ -8,7 +8,8 @@ from the converted ``unet_<name>.npz`` weights), or ``jax.tree_util.Partial(appl
 Tolerances (absolute, on float32 values; chosen from the fixture README section 8, and stated per row):
 schedules/timesteps 0 (float32 tables are bitwise); gamma values 0; single-step and thresholding math
 1e-6 + 1e-6 * max|ref| (ml-mdm's CPU float32 sqrt/divide is ~1 ulp off correct rounding on some values);
-loss inputs (x_t, targets) 1e-6; network outputs 1e-4 (the model's bound); eps-hat 5e-5 (divides by sqrt(1-g) ~ 9e-3 at time 0);
+loss inputs (x_t, targets) 1e-6; network outputs 1e-4 (the model's bound); eps-hat 5e-5 (divides by
+sqrt(1-g) ~ 9e-3 at time 0);
 mse/losses/loss 1e-5 + 1e-5 * |ref|; sampler trajectory states and images 1e-3 (the brief's bound; a correct
 float32 port lands near 1e-5).
 """
@@ -196,14 +197,17 @@ def check_loss(npz: str | os.PathLike | Mapping[str, np.ndarray], spec: Diffusio
     ``apply_fn(params, xs, t, cond)`` together with ``params``.
     """
     d = _load(npz)
+    if variants is None:
+        # The fixture's own variant table (configs.json loss_fixture.variants) wins over the built-in one.
+        declared = spec.get("loss_fixture", {}).get("variants", {}) if isinstance(spec, Mapping) else {}
+        variants = {**LOSS_VARIANTS, **declared}
     spec = _as_spec(spec)
     model_fn = _as_model_fn(model_fn, params)
-    variants = LOSS_VARIANTS if variants is None else variants
     n = spec.num_levels
     images = jnp.asarray(nchw_to_nhwc(d["in/images"]))
     time = jnp.asarray(d["in/t"], jnp.int32)
     noises = [jnp.asarray(nchw_to_nhwc(d[f"in/eps_{i}"])) for i in range(n)]
-    cond = {"lm_outputs": jnp.asarray(d["in/lm_outputs"]), "lm_mask": jnp.asarray(d["in/lm_mask"])}
+    cond = {k: jnp.asarray(d[f"in/{k}"]) for k in ("lm_outputs", "lm_mask", "labels") if f"in/{k}" in d}
     rows: list[Row] = []
     pyramid = process.build_pyramid(images, spec)
     for i in range(1, n):
@@ -213,7 +217,11 @@ def check_loss(npz: str | os.PathLike | Mapping[str, np.ndarray], spec: Diffusio
         if var not in variants:
             rows.append((f"{var}: unknown variant", float("inf"), 0.0, False))
             continue
-        vspec = DiffusionSpec(**{**_fields(spec), **variants[var]})
+        try:
+            vspec = DiffusionSpec(**{**_fields(spec), **variants[var]})
+        except (TypeError, ValueError) as e:
+            rows.append((f"{var}: cannot build variant {dict(variants[var])}: {e}", float("inf"), 0.0, False))
+            continue
         out = loss_lib.loss_terms(model_fn, vspec, images, time, noises, cond)
         for i in range(n):
             for key, tol in (("gamma", 0.0), ("x_t", STEP_TOL), ("target", STEP_TOL), ("pred_raw", NET_TOL),
@@ -269,7 +277,7 @@ def run_fixture_trajectory(d: Mapping[str, np.ndarray], run: str, model_fn: Mode
     eta = 0.0 if run.endswith("eta0") else 1.0
     noise = trajectory_noise(d, run, spec, len(d["traj/timesteps"]) - 1)
     noise["steps"] = [z[:n_steps] for z in noise["steps"]]
-    cond = {"lm_outputs": jnp.asarray(d["traj/lm_outputs"]), "lm_mask": jnp.asarray(d["traj/lm_mask"])}
+    cond = {k: jnp.asarray(d[f"traj/{k}"]) for k in ("lm_outputs", "lm_mask", "labels") if f"traj/{k}" in d}
     return sampler.sample(model_fn, spec, cond, noise=noise, timesteps=ts, method="ddim", eta=eta,
                           guidance_weight=jnp.asarray(d["traj/guidance_scale"], jnp.float32),
                           threshold_kind="dynamic_if", return_trajectory=True, debug=debug)

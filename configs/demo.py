@@ -25,7 +25,7 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
         name="procedural_shapes", conditioning="text", cond_drop_prob=0.1, num_workers=0,
         text=dict(tokenizer="byte", max_length=40)))
 
-    ch = 16 if tiny else 64
+    ch = 16 if tiny else 32
     inner = config_lib.tiny_unet(16 if not tiny else 8, [ch, 2 * ch] if tiny else [ch, 2 * ch, 2 * ch],
                                  attention_levels=[1] if tiny else [1, 2], cond_dim=dim, temporal_dim=2 * ch,
                                  num_heads=4)
@@ -35,21 +35,21 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
         steps = (6, 6)
         bs = 8
     else:
-        steps = (600, 600)
-        bs = 32
+        steps = (300, 250)
+        bs = 16
     c.phases = [
         config_lib.phase("inner", model=inner, batch_size=bs, steps=steps[0]),
         config_lib.phase("nested", model=outer, batch_size=bs, steps=steps[1],
                          init_from={"unet/inner_unet": "unet", "text": "text"}),
     ]
     c.optimizer = config_lib.optimizer(learning_rate=2e-3 if tiny else 1e-3, warmup_steps=2 if tiny else 100,
-                                       ema_decay=0.9 if tiny else 0.995)
+                                       ema_decay=0.9 if tiny else 0.995, ema_warmup=True)
     c.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1))
     c.sharding.min_size = 2**10 if tiny else 2**16
-    c.checkpoint = config_lib.ConfigDict(dict(every_steps=4 if tiny else 200, keep=2, async_save=True))
-    c.log_every_steps = 2 if tiny else 50
+    c.checkpoint = config_lib.ConfigDict(dict(every_steps=4 if tiny else 100, keep=2, async_save=True))
+    c.log_every_steps = 2 if tiny else 25
     c.sample = config_lib.sample(
-        every_steps=0, num_images=4 if tiny else 16, num_steps=4 if tiny else 50, guidance_weight=2.0,
+        every_steps=0, num_images=4 if tiny else 16, num_steps=4 if tiny else 25, guidance_weight=2.0,
         threshold="clip",
         prompts=() if tiny else (
             "a red circle in the top left", "a blue square in the center", "a green triangle in the bottom right",

@@ -38,6 +38,7 @@ def optimizer(**overrides: Any) -> ConfigDict:
         weight_decay=0.0,
         grad_clip_norm=2.0,
         ema_decay=0.9999,
+        ema_warmup=False,  # True: decay min(ema_decay, (1+n)/(10+n)) for phase step n (short runs, demos)
         mu_dtype="",  # '' keeps float32; 'bfloat16' halves the first-moment memory
     ))
     cfg.update(overrides)

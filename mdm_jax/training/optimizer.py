@@ -87,7 +87,7 @@ def make_optimizer(cfg: Mapping[str, Any], labels: Any) -> tuple[optax.GradientT
     return optax.chain(*head, optax.multi_transform(transforms, labels)), schedule
 
 
-def ema_update(ema: Any, params: Any, decay: float) -> Any:
+def ema_update(ema: Any, params: Any, decay: float | jax.Array) -> Any:
     """ema <- decay * ema + (1 - decay) * params, in float32 (ml-mdm's ModelEma, from step 0)."""
-    d = jnp.float32(decay)
+    d = jnp.asarray(decay, jnp.float32)
     return jax.tree.map(lambda e, p: e * d + (1.0 - d) * p.astype(e.dtype), ema, params)

@@ -56,7 +56,8 @@ class MetricWriter:
 
 
 class Progress:
-    """Steps/s and ETA over training time only: compile, checkpoint and sampling time are excluded.
+    """Steps/s (of the current phase) and ETA over training time only: compile, checkpoint and sampling time are
+    excluded; the ETA assumes the remaining steps run at the current phase's speed.
 
     Call ``start_step()`` / ``end_step()`` around each step; the first step after ``reset_rate()`` (which
     includes compilation) is not counted.
@@ -71,9 +72,11 @@ class Progress:
         self.start_step = start_step
 
     def reset_rate(self) -> None:
-        """After a recompilation (a new phase) the next step is again not timed."""
+        """A new phase: its steps cost differently, and its first step (compilation) is again not timed."""
         self._skip_next = True
         self._t0 = None
+        self._steps = 0
+        self._seconds = 0.0
 
     def pause(self) -> None:
         """Stop the clock (before sampling, checkpointing, ...)."""

@@ -63,7 +63,10 @@ def create_sharded(init_params: Callable[[jax.Array], Any], tx: optax.GradientTr
     def init(key: jax.Array) -> TrainState:
         return init_state(init_params(key), tx, step)
 
-    return jax.jit(init, out_shardings=shardings)(rng)
+    lowered = jax.jit(init, out_shardings=shardings).lower(rng)
+    # XLA:CPU spends tens of seconds optimising the random-number code of an init that runs once; don't.
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return lowered.compile(compiler_options=options)(rng)
 
 
 def place(tree: Any, shardings: Any) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -26,7 +27,7 @@ StepFn = Callable[[TrainState, Mapping[str, Array], Any], tuple[TrainState, dict
 
 
 def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                 labels: Any, *, ema_decay: float, seed: int) -> StepFn:
+                 labels: Any, *, ema_decay: float, seed: int, ema_warmup: bool = False) -> StepFn:
     """The pure step function (not jitted): ``(state, batch, frozen) -> (state, metrics)``; ``frozen`` holds the
     frozen text encoder's weights (``{}`` without one)."""
     frozen_leaves = frozen_mask(labels)
@@ -43,7 +44,11 @@ def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, s
         (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema, params, ema_decay)
+        decay = jnp.float32(ema_decay)
+        if ema_warmup:  # (1 + n) / (10 + n) early in a phase: fresh (grown) weights are not averaged with init
+            n = (state.step - phase.start_step).astype(jnp.float32)
+            decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+        ema = ema_update(state.ema, params, decay)
         metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                        learning_rate=schedule(state.step - phase.start_step))
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics

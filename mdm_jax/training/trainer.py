@@ -130,7 +130,7 @@ def setup_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, mesh
     run.shardings = state_lib.state_shardings(abstract, mesh, int(config.sharding.min_size))
     run.abstract = state_lib.abstract_state(abstract_params, tx, run.shardings)
     step_fn = make_step_fn(model, phase, tx, schedule, labels, ema_decay=float(config.optimizer.ema_decay),
-                           seed=int(config.seed))
+                           seed=int(config.seed), ema_warmup=bool(config.optimizer.get("ema_warmup", False)))
     run.step_fn = jit_step(step_fn, run.shardings, example, mesh, frozen_shardings)
     return run
 

@@ -1,0 +1,149 @@
+r"""Train-step speed and memory: forward, joint loss, backward, clipped Adam and EMA, the real jitted step.
+
+Prints compile time, step time (median of N after warm-up), achieved GFLOP/s (XLA's cost analysis of the
+compiled step divided by the step time) and peak RSS of the process. Each configuration should run in its own
+process (peak RSS is per process); ``--xla_flags_sweep`` does that for several XLA_FLAGS settings in turn.
+
+  python benchmarks/bench_train.py --model=p2 --batch=8
+  python benchmarks/bench_train.py --model=S64 --batch=1
+  python benchmarks/bench_train.py --model=S64 --batch=4 --remat
+  python benchmarks/bench_train.py --model=p2 --batch=8 --xla_flags_sweep
+  python benchmarks/bench_train.py --model=configs/demo.py --batch=16     # phase models of a config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARITY = "/work/shared/parity/configs.json"
+SWEEP = {
+    "default": "",
+    "xnnpack": "--xla_cpu_use_xnnpack=true",
+    "no-thunks": "--xla_cpu_use_thunk_runtime=false",
+    "xnnpack+fast-min-max": "--xla_cpu_use_xnnpack=true --xla_cpu_enable_fast_min_max=true",
+}
+
+
+def _model_and_diffusion(name: str, parity_path: str):
+    """(model config, diffusion overrides, text length, text width) for a named model."""
+    import ml_collections
+
+    from mdm_jax.models.architectures import get_architecture
+
+    if name in ("p1", "p2"):
+        with open(parity_path) as f:
+            entry = json.load(f)["models"][name]
+        model = ml_collections.ConfigDict(entry["unet_config"])
+        model.resolution = int(entry["derived"]["resolutions"][0])  # 32 for p2 (the converter's convention)
+        diffusion = dict(entry["diffusion_config"].get("sampler_config", {}))
+        for k in ("use_double_loss", "use_vdm_loss_weights", "multi_res_weights", "mixed_ratio"):
+            diffusion[k] = entry["diffusion_config"].get(k)
+        return model, diffusion, int(entry["unet_fixture"]["tokens"]), int(model.conditioning_feature_dim)
+    model = get_architecture(name)  # S64, S64S256, ...: text width 2048 (FLAN-T5-XL), 128 tokens
+    return model, {}, 128, 2048
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()
+    import jax
+    import numpy as np
+
+    if args.cache:
+        jax.config.update("jax_compilation_cache_dir", args.cache)
+    from mdm_jax.training import config_lib, model_fn, optimizer, phases, train_step
+    from mdm_jax.training import state as state_lib
+
+    model_cfg, diffusion, tokens, width = _model_and_diffusion(args.model, args.parity)
+    cfg = config_lib.base_config()
+    cfg.model.dtype = args.dtype
+    if diffusion:  # ml-mdm field names are understood by DiffusionSpec.from_config
+        cfg.diffusion = config_lib.ConfigDict(
+            {k: v for k, v in diffusion.items() if k not in ("multi_res_weights", "mixed_ratio")})
+    cfg.phases = [config_lib.phase("bench", model=model_cfg, batch_size=args.batch, steps=1,
+                                   multi_res_weights=diffusion.get("multi_res_weights"),
+                                   mixed_ratio=diffusion.get("mixed_ratio"))]
+    phase = phases.build_phases(cfg)[0]
+    model = model_fn.build(phase.model_config, dtype=args.dtype, remat=args.remat)
+    rng = np.random.default_rng(0)
+    r = phase.spec.resolution
+    batch = {"images": rng.uniform(-1, 1, (args.batch, r, r, 3)).astype(np.float32)}
+    if phase.spec.uses_text:
+        mask = np.zeros((args.batch, tokens), np.float32)
+        for i in range(args.batch):
+            mask[i, : max(1, tokens - i % tokens)] = 1.0
+        batch["lm_outputs"] = rng.normal(size=(args.batch, tokens, width)).astype(np.float32) * mask[..., None]
+        batch["lm_mask"] = mask
+    if phase.spec.innermost.num_classes:
+        batch["labels"] = np.zeros((args.batch,), np.int32)
+
+    params = jax.jit(lambda k: model.init(k, batch))(jax.random.key(0))
+    labels = optimizer.param_labels(params)
+    tx, sched = optimizer.make_optimizer(cfg.optimizer, labels)
+    state = jax.jit(lambda p: state_lib.init_state(p, tx))(params)
+    del params
+    step = jax.jit(train_step.make_step_fn(model, phase, tx, sched, labels, ema_decay=0.9999, seed=0),
+                   donate_argnums=(0,))
+    batch = jax.device_put(batch)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, {}).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan")))
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, batch, {})
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, {})
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    return {
+        "model": args.model, "batch": args.batch, "dtype": args.dtype, "remat": args.remat,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": int(n_params), "compile_s": round(compile_s, 1),
+        "step_s_median": round(step_s, 4), "step_s_min": round(min(times), 4), "steps_timed": len(times),
+        "gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "loss": float(metrics["loss"]),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="p2", help="p1 | p2 (parity fixture models) | S64 | S64S256 | ...")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--remat", action="store_true", help="rematerialise ResNet/attention layers in the backward")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--parity", default=PARITY)
+    p.add_argument("--cache", default="", help="persistent compilation cache dir ('' = off)")
+    p.add_argument("--xla_flags_sweep", action="store_true", help="one subprocess per XLA_FLAGS setting")
+    args = p.parse_args()
+    sys.path.insert(0, REPO)
+    if not args.xla_flags_sweep:
+        print(json.dumps(run_one(args)), flush=True)
+        return
+    argv = [a for a in sys.argv[1:] if a != "--xla_flags_sweep"]
+    for name, flags_value in SWEEP.items():
+        env = dict(os.environ, XLA_FLAGS=flags_value)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env, capture_output=True,
+                             text=True)
+        line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr.strip()[-500:]
+        print(f"{name:24s} {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

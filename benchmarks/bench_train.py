@@ -1,8 +1,15 @@
 r"""Train-step speed and memory: forward, joint loss, backward, clipped Adam and EMA, the real jitted step.
 
 Prints compile time, step time (median of N after warm-up), achieved GFLOP/s (XLA's cost analysis of the
-compiled step divided by the step time) and peak RSS of the process. Each configuration should run in its own
-process (peak RSS is per process); ``--xla_flags_sweep`` does that for several XLA_FLAGS settings in turn.
+compiled step divided by the step time), XLA's memory analysis of the step (arguments = params + Adam moments +
+EMA; temp = gradients + activations) and the peak RSS of the process (compilation happens first, from shapes).
+Each configuration should run in its own process (peak RSS is per process); ``--xla_flags_sweep`` does that for
+several XLA_FLAGS settings in turn.
+
+Findings on the 2-core CPU machines (see the report in the commit log / README of mdm_jax/training):
+* XLA:CPU drops ``optimization_barrier`` before CSE, so ``jax.checkpoint``/``nn.remat`` recomputation is merged
+  back into the forward pass: ``--remat`` saves no memory on CPU (it does on GPU/TPU).
+* fp32 Adam + EMA + gradients of S64 (461M params) alone take 5 x 1.72 GiB = 8.6 GiB.
 
   python benchmarks/bench_train.py --model=p2 --batch=8
   python benchmarks/bench_train.py --model=S64 --batch=1
@@ -65,6 +72,7 @@ def run_one(args: argparse.Namespace) -> dict:
     model_cfg, diffusion, tokens, width = _model_and_diffusion(args.model, args.parity)
     cfg = config_lib.base_config()
     cfg.model.dtype = args.dtype
+    cfg.optimizer.mu_dtype = args.mu_dtype
     if diffusion:  # ml-mdm field names are understood by DiffusionSpec.from_config
         cfg.diffusion = config_lib.ConfigDict(
             {k: v for k, v in diffusion.items() if k not in ("multi_res_weights", "mixed_ratio")})
@@ -85,20 +93,29 @@ def run_one(args: argparse.Namespace) -> dict:
     if phase.spec.innermost.num_classes:
         batch["labels"] = np.zeros((args.batch,), np.int32)
 
-    params = jax.jit(lambda k: model.init(k, batch))(jax.random.key(0))
-    labels = optimizer.param_labels(params)
+    # Compile first, from shapes only (XLA's compile memory is not counted on top of the state), then create
+    # the state the way the trainer does: params, Adam moments and EMA in one jitted init.
+    abstract_params = jax.eval_shape(lambda k: model.init(k, batch), jax.random.key(0))
+    labels = optimizer.param_labels(abstract_params)
     tx, sched = optimizer.make_optimizer(cfg.optimizer, labels)
-    state = jax.jit(lambda p: state_lib.init_state(p, tx))(params)
-    del params
+    abstract = state_lib.abstract_state(abstract_params, tx)
     step = jax.jit(train_step.make_step_fn(model, phase, tx, sched, labels, ema_decay=0.9999, seed=0),
                    donate_argnums=(0,))
     batch = jax.device_put(batch)
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, {}).compile()
+    compiled = step.lower(abstract, batch, {}).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan")))
+    mem = compiled.memory_analysis()
+    mem_gb = {k: round(getattr(mem, f"{k}_size_in_bytes", 0) / 2**30, 2)
+              for k in ("argument", "output", "alias", "temp")} if mem is not None else {}
+    rss_after_compile = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if args.compile_only:
+        return {"model": args.model, "batch": args.batch, "remat": args.remat, "compile_s": round(compile_s, 1),
+                "gflop_per_step": round(flops / 1e9, 2), "xla_memory_gb": mem_gb}
+    state = jax.jit(lambda k: state_lib.init_state(model.init(k, batch), tx))(jax.random.key(0))
     for _ in range(args.warmup):
         state, metrics = compiled(state, batch, {})
     jax.block_until_ready(metrics)
@@ -112,10 +129,12 @@ def run_one(args: argparse.Namespace) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {
         "model": args.model, "batch": args.batch, "dtype": args.dtype, "remat": args.remat,
+        "mu_dtype": args.mu_dtype or "float32",
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": int(n_params), "compile_s": round(compile_s, 1),
         "step_s_median": round(step_s, 4), "step_s_min": round(min(times), 4), "steps_timed": len(times),
         "gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gb_after_compile": round(rss_after_compile, 2), "xla_memory_gb": mem_gb,
         "loss": float(metrics["loss"]),
     }
 
@@ -126,9 +145,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true", help="rematerialise ResNet/attention layers in the backward")
+    p.add_argument("--mu_dtype", default="", help="Adam first-moment dtype ('' = float32, 'bfloat16' saves memory)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--parity", default=PARITY)
+    p.add_argument("--compile_only", action="store_true", help="report XLA's cost and memory analysis only")
     p.add_argument("--cache", default="", help="persistent compilation cache dir ('' = off)")
     p.add_argument("--xla_flags_sweep", action="store_true", help="one subprocess per XLA_FLAGS setting")
     args = p.parse_args()

@@ -142,3 +142,27 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
     trainer, messages = run_collecting_logs(tiny_config(), workdir)
     assert any("Resumed from checkpoint" in m for m in messages)
     assert_trees_equal(host_params(trainer), ref_params)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_then_resume_matches(reference, tmp_path):
+    """SIGTERM (preemption notice): the run saves the step it is at and exits cleanly; a restart finishes it."""
+    _, _, ref_params, _ = reference
+    workdir = str(tmp_path / "run")
+    env = dict(os.environ, MDM_COMPILATION_CACHE="/tmp/mdm_jax_test_cache")
+    cmd = [sys.executable, "-m", "mdm_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        found = _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "4", "state")), proc, 240)
+        assert found, "no checkpoint 4"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Stopped at step" in err
+    saved = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert 4 <= saved < 12
+    trainer, _ = run_collecting_logs(tiny_config(), workdir)
+    assert_trees_equal(host_params(trainer), ref_params)

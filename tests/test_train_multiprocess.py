@@ -50,7 +50,8 @@ def test_two_processes_train_and_checkpoint(tmp_path):
         assert p.returncode == 0, log[-4000:]
     assert "process 0/2, 1 local / 2 global devices" in logs[0]
     assert "process 1/2, 1 local / 2 global devices" in logs[1]
-    data_files = sorted(os.path.basename(f) for f in glob.glob(os.path.join(workdir, "checkpoints", "4", "data", "*")))
+    data_dir = os.path.join(workdir, "checkpoints", "4", "data")
+    data_files = sorted(os.path.basename(f) for f in glob.glob(os.path.join(data_dir, "*.json")))
     assert data_files == ["process_0-of-2.json", "process_1-of-2.json"]
     # Metrics are global arrays: both processes log the same losses.
     losses = [re.findall(r"step 4/4 loss=([0-9.]+)", log) for log in logs]

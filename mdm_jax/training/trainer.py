@@ -293,17 +293,23 @@ class Trainer:
         return batch
 
     def sample(self, run: PhaseRun, state: state_lib.TrainState, step: int) -> None:
+        """Write sample grids; a failure is logged, never fatal (the checkpoint is already safe)."""
         cfg = self.config.sample
         if int(cfg.get("num_images", 0)) <= 0:
             return
         t0 = time.perf_counter()
-        params = state.ema if cfg.get("use_ema", True) else state.params
-        needs_batch = not (cfg.get("prompts") or cfg.get("labels")) or run.info.tokenizer is None
-        batch = self._sample_batch(run) if needs_batch else None
-        levels, captions = sampling.generate(run.model, run.phase, params, run.info, cfg,
-                                             jax.random.key(int(cfg.get("seed", 0))), batch, frozen=run.frozen)
-        sampling.write_grids(levels, captions, run.phase.spec.resolutions,
-                             os.path.join(self.workdir, "samples", run.phase.name), step, self.writer)
+        try:
+            params = state.ema if cfg.get("use_ema", True) else state.params
+            text = run.info.conditioning == "text"
+            needs_batch = text and (not cfg.get("prompts") or run.info.tokenizer is None)
+            batch = self._sample_batch(run) if needs_batch else None
+            levels, captions = sampling.generate(run.model, run.phase, params, run.info, cfg,
+                                                 jax.random.key(int(cfg.get("seed", 0))), batch, frozen=run.frozen)
+            sampling.write_grids(levels, captions, run.phase.spec.resolutions,
+                                 os.path.join(self.workdir, "samples", run.phase.name), step, self.writer)
+        except Exception:  # noqa: BLE001 - samples are a by-product; training goes on
+            logging.exception("Sampling at step %d failed; training continues.", step)
+            return
         logging.info("Sampled %d images in %.1fs", len(captions), time.perf_counter() - t0)
 
     # ---- the loop ------------------------------------------------------------------------------------------

@@ -34,7 +34,12 @@ SWEEP = {
     "default": "",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
     "no-thunks": "--xla_cpu_use_thunk_runtime=false",
-    "xnnpack+fast-min-max": "--xla_cpu_use_xnnpack=true --xla_cpu_enable_fast_min_max=true",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "no-ynn-fusions": "--xla_cpu_experimental_ynn_fusion_type=",
+    "ynn-dot-only": "--xla_cpu_experimental_ynn_fusion_type=dot",
+    "ynn-no-eltwise": "--xla_cpu_experimental_ynn_fusion_type=-eltwise",
+    "ynn-no-reduce": "--xla_cpu_experimental_ynn_fusion_type=-reduce",
+    "no-ynn+xnnpack": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_xnnpack=true",
 }
 
 
@@ -139,6 +144,10 @@ def run_one(args: argparse.Namespace) -> dict:
     }
 
 
+def _sweep_names(value: str) -> list[str]:
+    return list(SWEEP) if value == "all" else value.split(",")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="p2", help="p1 | p2 (parity fixture models) | S64 | S64S256 | ...")
@@ -151,15 +160,16 @@ def main() -> None:
     p.add_argument("--parity", default=PARITY)
     p.add_argument("--compile_only", action="store_true", help="report XLA's cost and memory analysis only")
     p.add_argument("--cache", default="", help="persistent compilation cache dir ('' = off)")
-    p.add_argument("--xla_flags_sweep", action="store_true", help="one subprocess per XLA_FLAGS setting")
+    p.add_argument("--xla_flags_sweep", nargs="?", const="all", default="",
+                   help="one subprocess per XLA_FLAGS setting: 'all' or comma-separated names of SWEEP")
     args = p.parse_args()
     sys.path.insert(0, REPO)
     if not args.xla_flags_sweep:
         print(json.dumps(run_one(args)), flush=True)
         return
-    argv = [a for a in sys.argv[1:] if a != "--xla_flags_sweep"]
-    for name, flags_value in SWEEP.items():
-        env = dict(os.environ, XLA_FLAGS=flags_value)
+    argv = [a for a in sys.argv[1:] if not a.startswith("--xla_flags_sweep")]
+    for name in _sweep_names(args.xla_flags_sweep):
+        env = dict(os.environ, XLA_FLAGS=SWEEP[name])
         out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env, capture_output=True,
                              text=True)
         line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr.strip()[-500:]

@@ -10,6 +10,10 @@ Findings on the 2-core CPU machines (see the report in the commit log / README o
 * XLA:CPU drops ``optimization_barrier`` before CSE, so ``jax.checkpoint``/``nn.remat`` recomputation is merged
   back into the forward pass: ``--remat`` saves no memory on CPU (it does on GPU/TPU).
 * fp32 Adam + EMA + gradients of S64 (461M params) alone take 5 x 1.72 GiB = 8.6 GiB.
+* XLA_FLAGS (A/B alternated, fp32): XLA's default (YNNPACK fusions on) is best for S64 (14.4 s/step at batch 1 vs
+  15.6 with ``ynn_fusion_type=dot`` and 19.6 with YNN fusions off); for the tiny p2 model
+  ``--xla_cpu_experimental_ynn_fusion_type=dot`` is ~25% faster (0.22-0.30 s vs 0.35 s at batch 8). xnnpack,
+  oneDNN and the legacy runtime were no better. Keep the default for real models.
 
   python benchmarks/bench_train.py --model=p2 --batch=8
   python benchmarks/bench_train.py --model=S64 --batch=1

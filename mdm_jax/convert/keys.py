@@ -94,8 +94,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], param_shapes: Any, spec: U
 
     ``param_shapes`` is the model's parameter tree (arrays or ShapeDtypeStructs, e.g. from ``jax.eval_shape``).
     With ``strict`` any missing, unexpected or mis-shaped key raises a ``ConversionError`` listing all of them.
-    Non-strict conversion fills missing and mis-shaped leaves from ``fill`` (a params tree, e.g. a fresh init) and says so; it
-    never leaves a leaf silently at a random value.
+    Non-strict conversion fills missing and mis-shaped leaves from ``fill`` (a params tree, e.g. a fresh init) and
+    says so; it never leaves a leaf silently at a random value.
     """
     flat = traverse_util.flatten_dict(param_shapes)
     fill_flat = traverse_util.flatten_dict(fill) if fill is not None else {}

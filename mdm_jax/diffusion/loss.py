@@ -117,20 +117,52 @@ def loss_fn(
     untouched to ``apply_fn(params, xs, t, cond)`` as ``cond``. ``metrics`` holds the scalar loss and each level's
     mean (unweighted) mse over the rows that level trained on.
     """
+    time, noises = draw_for_batch(rng, cfg, batch["images"].shape)
+    return loss_from_draws(params, batch, time, noises, apply_fn=apply_fn, cfg=cfg)
+
+
+def draw_for_batch(rng: Array, cfg: DiffusionSpec, top_shape: Sequence[int]) -> tuple[Array, list[Array]]:
+    """Time and per-level noise for a whole batch whose top level has shape ``top_shape``."""
+    return draw_time_and_noise(rng, cfg, process.level_shapes(top_shape, cfg.scales))
+
+
+def loss_normaliser(time: Array, cfg: DiffusionSpec) -> Array:
+    """The denominator of the batch loss: the batch size, or the sum of the VDM weights of its times."""
+    if cfg.use_vdm_loss_weights:
+        return jnp.sum(jnp.asarray(cfg.vdm_weights())[time + 1])
+    return jnp.float32(time.shape[0])
+
+
+def loss_from_draws(
+    params: Any,
+    batch: Mapping[str, Array],
+    time: Array,
+    noises: Sequence[Array],
+    *,
+    apply_fn: Callable[..., Sequence[Array]],
+    cfg: DiffusionSpec,
+    normaliser: Array | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """``loss_fn`` with explicit draws. With ``normaliser`` (``loss_normaliser`` of the *whole* batch) the loss is
+    this batch's share of the whole batch's loss, so shares of micro-batches add up to the full-batch loss
+    exactly (gradient accumulation); without it, the batch's own loss."""
     images = batch["images"]
     cond = {k: v for k, v in batch.items() if k != "images"}
-    shapes = process.level_shapes(images.shape, cfg.scales)
-    time, noises = draw_time_and_noise(rng, cfg, shapes)
 
     def model_fn(xs, t, c):
         return apply_fn(params, xs, t, c)
 
     terms = loss_terms(model_fn, cfg, images, time, noises, cond)
-    metrics = {"loss": terms["loss"]}
+    if normaliser is None:
+        loss = terms["loss"]
+    else:
+        w = terms.get("vdm_weights", 1.0)
+        loss = jnp.sum(terms["losses"] * w) / normaliser
+    metrics = {"loss": loss}
     rows = cfg.mixed_rows(images.shape[0])
     for i, m in enumerate(terms["mse"]):
         metrics[f"mse/level{i}"] = jnp.mean(m if rows is None else m[: rows[i]])
-    return terms["loss"], metrics
+    return loss, metrics
 
 
 def _pad_rows(x: Array, batch: int) -> Array:

@@ -48,7 +48,8 @@ def optimizer(**overrides: Any) -> ConfigDict:
 def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", model: Mapping | None = None,
           init_from: Mapping[str, str] | None = None, freeze: Sequence[str] = (),
           lr_multipliers: Mapping[str, float] | None = None, multi_res_weights: Any = None,
-          mixed_ratio: Any = None, data: Mapping | None = None, diffusion: Mapping | None = None) -> ConfigDict:
+          mixed_ratio: Any = None, data: Mapping | None = None, diffusion: Mapping | None = None,
+          grad_accum_steps: int = 1) -> ConfigDict:
     """One progressive-training phase.
 
     ``architecture`` names a paper model (``mdm_jax.models.architectures``) or ``model`` gives the model config
@@ -59,6 +60,8 @@ def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", mod
     tree whose top level is ``unet`` (+ ``text`` with a trainable text encoder). ``multi_res_weights`` (high ->
     low, e.g. '16:4:1') and ``mixed_ratio`` (e.g. '2:1': the top level trains on the first 2/3 of each batch) are
     the phase's loss settings; ``data`` and ``diffusion`` override ``config.data`` / ``config.diffusion`` fields.
+    ``grad_accum_steps`` splits each batch into that many micro-batches whose gradients are summed in one step
+    (same loss and gradient as the whole batch; activation memory of one micro-batch).
     """
     return ConfigDict(dict(
         name=name,
@@ -73,6 +76,7 @@ def phase(name: str, *, batch_size: int, steps: int, architecture: str = "", mod
         mixed_ratio=mixed_ratio,
         data=ConfigDict(data) if data else None,
         diffusion=ConfigDict(diffusion) if diffusion else None,
+        grad_accum_steps=grad_accum_steps,
     ), type_safe=False)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -73,13 +74,17 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1) -> None:
     n = mesh.size
     if global_batch % n:
         raise ValueError(f"batch_size {global_batch} is not divisible by the {n} devices of the mesh "
                          f"{dict(mesh.shape)}; pick a multiple of {n}")
     if global_batch % jax.process_count():
         raise ValueError(f"batch_size {global_batch} is not divisible by the {jax.process_count()} processes")
+    if grad_accum_steps > 1 and (global_batch // n) % grad_accum_steps:
+        logging.warning("The per-device batch %d is not divisible by grad_accum_steps %d: micro-batches will be "
+                        "resharded across devices every step (pick a multiple).", global_batch // n,
+                        grad_accum_steps)
 
 
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

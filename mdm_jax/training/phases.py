@@ -18,6 +18,7 @@ from flax import traverse_util
 from mdm_jax.diffusion.spec import DiffusionSpec
 from mdm_jax.models import UNetSpec, spec_from_config
 from mdm_jax.models.architectures import get_architecture
+from mdm_jax.training.accumulation import check_divisible
 from mdm_jax.training.optimizer import under
 
 
@@ -37,6 +38,7 @@ class Phase:
     freeze: tuple[str, ...]
     lr_multipliers: dict[str, float] | None
     data_config: ml_collections.ConfigDict
+    grad_accum_steps: int = 1
 
     @property
     def end_step(self) -> int:
@@ -97,11 +99,14 @@ def build_phases(config: ml_collections.ConfigDict) -> list[Phase]:
             data_cfg.update(pc.data.to_dict())
         data_cfg.resolution = spec.resolution
         init_from = dict(pc.init_from) if pc.get("init_from") else None
+        accum = int(pc.get("grad_accum_steps") or 1)
+        check_divisible(int(pc.batch_size), accum, where=f"phase {i} '{pc.name}'")
         phases.append(Phase(
             index=i, name=str(pc.name), model_config=model_cfg, spec=spec,
             diffusion=diffusion_spec_for(config, pc, spec), batch_size=int(pc.batch_size), steps=int(pc.steps),
             start_step=start, init_from=init_from, freeze=tuple(pc.get("freeze") or ()),
-            lr_multipliers=dict(pc.lr_multipliers) if pc.get("lr_multipliers") else None, data_config=data_cfg))
+            lr_multipliers=dict(pc.lr_multipliers) if pc.get("lr_multipliers") else None, data_config=data_cfg,
+            grad_accum_steps=accum))
         start += int(pc.steps)
     return phases
 

@@ -1,4 +1,5 @@
-"""One optimisation step: joint multi-resolution loss, gradients, clipped Adam, EMA; jitted with shardings.
+"""One optimisation step: joint multi-resolution loss, gradients (optionally accumulated over micro-batches),
+clipped Adam, EMA; jitted with shardings.
 
 Randomness (time, noise, dropout) is ``fold_in(seed, global step)``: a resumed run draws exactly what an
 uninterrupted one would, with no RNG in the state.
@@ -15,8 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from mdm_jax.diffusion.loss import loss_fn
-from mdm_jax.training import partitioning
+from mdm_jax.training import accumulation, partitioning
 from mdm_jax.training.model_fn import Model
 from mdm_jax.training.optimizer import ema_update, frozen_mask
 from mdm_jax.training.phases import Phase
@@ -35,13 +35,15 @@ def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, s
 
     def step_fn(state: TrainState, batch: Mapping[str, Array], frozen: Any) -> tuple[TrainState, dict[str, Array]]:
         k_loss, k_drop = jax.random.split(jax.random.fold_in(base_key, state.step))
-        apply = functools.partial(model.apply, dropout_rng=k_drop, frozen=frozen if frozen else None)
+        def apply_for_key(key: Array) -> Callable[..., Any]:
+            return functools.partial(model.apply, dropout_rng=key, frozen=frozen if frozen else None)
 
-        def loss_of(params: Any) -> tuple[Array, dict[str, Array]]:
-            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_leaves)
-            return loss_fn(params, batch, k_loss, apply_fn=apply, cfg=phase.diffusion)
+        def prepare(params: Any) -> Any:
+            return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen_leaves)
 
-        (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        (_, metrics), grads = accumulation.value_and_grad(
+            state.params, batch, k_loss, apply_for_key=apply_for_key, cfg=phase.diffusion,
+            k=phase.grad_accum_steps, dropout_rng=k_drop, prepare=prepare)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = jnp.float32(ema_decay)

@@ -114,7 +114,7 @@ def text_setup(config: ml_collections.ConfigDict, info: Any, mesh: jax.sharding.
 
 def setup_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, mesh: jax.sharding.Mesh,
                 text_cache: dict[str, Any] | None = None) -> PhaseRun:
-    partitioning.check_batch_size(phase.batch_size, mesh)
+    partitioning.check_batch_size(phase.batch_size, mesh, phase.grad_accum_steps)
     data, info = data_lib.create_dataset(phase.data_config, global_batch_size=phase.batch_size,
                                          seed=int(config.seed), split="train")
     text, frozen, frozen_shardings = text_setup(config, info, mesh, text_cache)

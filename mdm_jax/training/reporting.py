@@ -6,6 +6,7 @@ absl logging (stack.md pitfall 4); ``clu.parameter_overview`` is TF-free and use
 
 from __future__ import annotations
 
+import io
 import logging as pylogging
 import math
 import os
@@ -18,6 +19,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from mdm_jax import io_paths
+
 
 class MetricWriter:
     """Scalars to TensorBoard (tensorboardX) and the log; images to TensorBoard. No-op off process 0."""
@@ -28,7 +31,8 @@ class MetricWriter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(logdir, exist_ok=True)
+            if not io_paths.is_url(logdir):  # tensorboardX writes gs:// itself (google-cloud-storage)
+                os.makedirs(logdir, exist_ok=True)
             self._tb = SummaryWriter(logdir, flush_secs=30)
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
@@ -165,10 +169,10 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.png"
-    Image.fromarray(np.asarray(image)).save(tmp)
-    os.replace(tmp, path)
+    """Write a PNG whole (atomically: a rename locally, one object upload on a store)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+    io_paths.write_bytes(path, buf.getvalue())
 
 
 def parameter_overview(params: Any) -> str:

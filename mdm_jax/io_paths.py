@@ -13,6 +13,15 @@ from etils import epath
 
 _URL = ("gs://", "s3://", "az://", "hf://")
 
+try:  # gcsfs caches directory listings forever by default, so files that tensorstore, another process or another
+    # host wrote would stay invisible to exists()/listdir(): list afresh every time (fsspec's documented setting).
+    import fsspec.config
+
+    for _proto in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(_proto, {}).setdefault("use_listings_cache", False)
+except ImportError:  # local paths only
+    pass
+
 
 def is_url(path: str | os.PathLike) -> bool:
     return os.fspath(path).startswith(_URL)
@@ -87,8 +96,64 @@ def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         import fsspec  # only URLs need it; it comes with etils' gcs/s3 backends
 
         fs, src_path = fsspec.core.url_to_fs(os.fspath(src))
-        fs.mv(src_path, fsspec.core.url_to_fs(os.fspath(dst))[1], recursive=True)
+        dst_path = fsspec.core.url_to_fs(os.fspath(dst))[1]
+        # Server-side copies, then deletes (gcsfs' mv would try GCS's newer moveTo first, which emulators lack).
+        if fs.isdir(src_path):
+            fs.copy(src_path.rstrip("/") + "/", dst_path.rstrip("/") + "/", recursive=True)
+            fs.rm(src_path, recursive=True)
+        else:
+            fs.copy(src_path, dst_path)
+            fs.rm(src_path)
         return
     d = epath.Path(dst)
     d.parent.mkdir(parents=True, exist_ok=True)
     epath.Path(src).rename(d)
+
+
+def open_file(p: str | os.PathLike, mode: str = "rb", **kwargs):  # noqa: ANN201 - a file object
+    """``open`` for local paths and URLs alike (object-store files are seekable, read in ranges)."""
+    if is_url(p):
+        import fsspec
+
+        fs, rel = fsspec.core.url_to_fs(os.fspath(p))
+        return fs.open(rel, mode, **kwargs)
+    return open(p, mode, **kwargs)  # noqa: SIM115 - the caller closes it
+
+
+def read_range(p: str | os.PathLike, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` (one ranged GET on an object store)."""
+    if is_url(p):
+        import fsspec
+
+        fs, rel = fsspec.core.url_to_fs(os.fspath(p))
+        return fs.cat_file(rel, start=offset, end=offset + size)
+    with open(p, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted matches of a glob pattern (``**`` recursive), local or on an object store."""
+    if is_url(pattern):
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(pattern)
+        scheme = pattern.split("://", 1)[0]
+        return sorted(f"{scheme}://{m}" for m in fs.glob(pattern))
+    import glob as glob_lib
+
+    return sorted(glob_lib.glob(pattern, recursive=True))
+
+
+def walk_files(root: str | os.PathLike) -> list[str]:
+    """Every file below ``root`` (as full paths), local or on an object store."""
+    if is_url(root):
+        import fsspec
+
+        fs, rel = fsspec.core.url_to_fs(os.fspath(root))
+        scheme = os.fspath(root).split("://", 1)[0]
+        return sorted(f"{scheme}://{f}" for f in fs.find(rel))
+    out = []
+    for dirpath, _, files in os.walk(root):
+        out.extend(os.path.join(dirpath, f) for f in files)
+    return out

@@ -35,7 +35,9 @@ setup(
         "convert": ["torch>=2.2"],
         "text": ["transformers>=5.0,<6", "sentencepiece>=0.2,<0.3"],
         "data": ["tensorflow-datasets>=4.9.10,<5", "array-record>=0.5"],
-        "dev": ["pytest>=8.0", "ruff>=0.6"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "gcp-storage-emulator>=2024.8"],  # GCS API on localhost for tests
+        # gs:// workdirs, checkpoints, data and outputs (etils.epath -> fsspec/gcsfs; Orbax arrays via tensorstore)
+        "gcs": ["gcsfs>=2024.2"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     },

@@ -70,7 +70,13 @@ def main(argv: list[str]) -> None:
     logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__, jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
     if FLAGS.mode == "train":
-        training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        from mdm_jax.training.checkpoint import ResumeError
+
+        try:
+            training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        except ResumeError as e:  # one clear message, every checkpoint left in place
+            logging.error("%s", e)
+            raise SystemExit(1) from None
     else:
         training.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 

@@ -166,3 +166,144 @@ def test_sigterm_saves_then_resume_matches(reference, tmp_path):
     assert 4 <= saved < 12
     trainer, _ = run_collecting_logs(tiny_config(), workdir)
     assert_trees_equal(host_params(trainer), ref_params)
+
+
+# ---- resuming never discards work: only a checkpoint whose own files are unreadable is moved aside -------------
+def _copy_reference(reference, tmp_path) -> str:
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    return workdir
+
+
+def _listing(workdir):
+    return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def _expect_resume_error(config, workdir) -> str:
+    from mdm_jax.training.checkpoint import ResumeError
+
+    before = _listing(workdir)
+    with pytest.raises(ResumeError) as err:
+        train_and_evaluate(config, workdir)
+    assert _listing(workdir) == before, "a checkpoint was moved"
+    assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+    message = str(err.value)
+    assert os.path.join("checkpoints", "12") in message and "left in place" in message
+    return message
+
+
+def test_resume_with_bad_data_dir_stops_and_keeps_checkpoints(reference, tmp_path):
+    workdir = _copy_reference(reference, tmp_path)
+    config = tiny_config()
+    config.data.name, config.data.data_dir = "image_text_tsv", str(tmp_path / "no_such_data")
+    message = _expect_resume_error(config, workdir)
+    assert "no_such_data" in message and "does not exist" in message
+
+
+def test_resume_with_missing_text_encoder_stops_and_keeps_checkpoints(reference, tmp_path):
+    workdir = _copy_reference(reference, tmp_path)
+    config = tiny_config()
+    config.text_encoder = config_lib.ConfigDict(dict(kind="t5", path=str(tmp_path / "flan-t5-missing")))
+    message = _expect_resume_error(config, workdir)
+    assert "flan-t5-missing" in message
+
+
+def test_resume_with_renamed_phases_stops_and_keeps_checkpoints(reference, tmp_path):
+    """The issue's reproduction: renamed phases used to move the two newest checkpoints aside and go on."""
+    workdir = _copy_reference(reference, tmp_path)
+    config = tiny_config()
+    config.phases[0].name, config.phases[1].name = "first", "second"
+    message = _expect_resume_error(config, workdir)
+    assert "'nested'" in message and "first" in message and "second" in message
+
+
+def _inject_read_errors(monkeypatch, workdir, failures):
+    """The first ``failures`` reads of the newest checkpoint's meta item (the first file a resume reads) raise
+    EIO, as a flaky disk or bucket would."""
+    import errno
+
+    from etils import epath
+
+    from mdm_jax.training import checkpoint as ckpt_lib
+
+    monkeypatch.setattr(ckpt_lib, "RETRY_BACKOFF_S", 0.01)
+    cls = type(epath.Path(workdir))
+    original = cls.read_text
+    count = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        if os.path.join(workdir, "checkpoints", "12", "meta") in os.fspath(self) and count["n"] < failures:
+            count["n"] += 1
+            raise OSError(errno.EIO, "Input/output error", os.fspath(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "read_text", flaky)
+    return count
+
+
+def test_transient_read_error_is_retried(reference, tmp_path, monkeypatch):
+    _, _, ref_params, _ = reference
+    workdir = _copy_reference(reference, tmp_path)
+    count = _inject_read_errors(monkeypatch, workdir, failures=1)
+    config = tiny_config()
+    config.sample.num_images = 0
+    before = _listing(workdir)
+    trainer, messages = run_collecting_logs(config, workdir)
+    assert count["n"] == 1
+    assert any("Transient error reading" in m for m in messages)
+    assert any("Resumed from checkpoint" in m and "(step 12," in m for m in messages)
+    assert _listing(workdir) == before and not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+    assert_trees_equal(host_params(trainer), ref_params)
+
+
+def test_persistent_read_error_stops_and_keeps_checkpoints(reference, tmp_path, monkeypatch):
+    workdir = _copy_reference(reference, tmp_path)
+    _inject_read_errors(monkeypatch, workdir, failures=10**9)
+    from mdm_jax.training.checkpoint import ResumeError
+
+    before = _listing(workdir)
+    with pytest.raises(ResumeError, match="Input/output error.*nothing was moved"):
+        train_and_evaluate(tiny_config(), workdir)
+    assert _listing(workdir) == before and not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+
+
+# ---- gs:// end to end, against a GCS API served on localhost ----------------------------------------------------
+def test_gcs_workdir_sigkill_then_resume_matches(reference, tmp_path, monkeypatch):
+    """Workdir gs://bucket/run on gcp-storage-emulator: train in a subprocess, SIGKILL it after a checkpoint,
+    resume here; the parameters equal the uninterrupted local run's, and config/samples/TensorBoard are in the
+    bucket."""
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is None or importlib.util.find_spec("gcp_storage_emulator") is None:
+        pytest.skip("needs the gcs and dev extras: pip install -e '.[gcs,dev]'")
+    from gcs_emulator import Emulator
+
+    _, _, ref_params, _ = reference
+    (tmp_path / "bucket").mkdir()
+    with Emulator("mdm-test", str(tmp_path / "bucket")) as emu:
+        for k, v in emu.env.items():
+            monkeypatch.setenv(k, v)
+        workdir = "gs://mdm-test/run"
+        env = dict(os.environ, MDM_COMPILATION_CACHE="/tmp/mdm_jax_test_cache")
+        cmd = [sys.executable, "-m", "mdm_jax.main", f"--config={CONFIG}:tiny", f"--workdir={workdir}"]
+        with open(tmp_path / "train.log", "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                committed = lambda: "run/checkpoints/4/commit_success.txt" in emu.objects("run/checkpoints/4/")  # noqa: E731
+                found = _wait_for(committed, proc, timeout=300)
+                assert found, (tmp_path / "train.log").read_text()[-3000:]
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == -signal.SIGKILL
+        assert not [n for n in emu.objects("run/checkpoints/12/")]  # killed before the end
+        trainer, messages = run_collecting_logs(tiny_config(), workdir)
+        assert any("Resumed from checkpoint gs://mdm-test/run/checkpoints/" in m for m in messages), messages[:30]
+        assert_trees_equal(host_params(trainer), ref_params)
+        names = emu.objects("run/")
+        assert "run/config.json" in names
+        assert "run/samples/nested/step_00000012_16px.png" in names
+        assert any(n.startswith("run/tensorboard/events.out.tfevents.") for n in names)
+        assert "run/checkpoints/12/commit_success.txt" in names

@@ -16,10 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
+from mdm_jax import io_paths
 from mdm_jax.convert.keys import ConversionError, ConversionReport, convert_state_dict, to_flax_layout, torch_key
 from mdm_jax.convert.mlmdm_config import (
     ConfigDecodeError,
@@ -48,7 +47,7 @@ DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16, "float16": np.float16
 
 @dataclasses.dataclass
 class ConversionResult:
-    out_dir: Path
+    out_dir: epath.Path
     model: ml_collections.ConfigDict
     diffusion: ml_collections.ConfigDict
     report: ConversionReport
@@ -135,12 +134,8 @@ def _config_for(ckpt: SourceCheckpoint, config: str | None, resolution: int | No
     return decode_config(ckpt.args, ckpt.args_source or str(ckpt.path), resolution)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+def _write_json_atomic(path: epath.Path, obj: Any) -> None:
+    io_paths.write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def convert_checkpoint(source: str | Path, out_dir: str | Path, *, config: str | None = None,
@@ -154,7 +149,7 @@ def convert_checkpoint(source: str | Path, out_dir: str | Path, *, config: str |
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
-    out_dir = Path(out_dir).absolute()
+    out_dir = epath.Path(io_paths.resolve(out_dir))  # local or gs://...
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
 
@@ -200,7 +195,7 @@ def convert_checkpoint(source: str | Path, out_dir: str | Path, *, config: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (out_dir / "config.json", out_dir / "params"):  # only reached when empty or --overwrite
         if stale.is_dir():
-            shutil.rmtree(stale)
+            stale.rmtree()
         elif stale.exists():
             stale.unlink()
     checkpointer = ocp.StandardCheckpointer()
@@ -251,13 +246,12 @@ def load_converted(directory: str | Path) -> tuple[ml_collections.ConfigDict, ml
     """
     import orbax.checkpoint as ocp
 
-    directory = Path(directory).absolute()
+    directory = epath.Path(io_paths.resolve(directory))
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory}: no config.json; not a (complete) converted checkpoint -- run "
                                 f"python -m mdm_jax.convert --from-mlmdm <vis_model.pth> --out {directory}")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    cfg = json.loads(cfg_path.read_text())
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: format {cfg.get('format')!r}, expected {FORMAT!r}")
     restored = ocp.StandardCheckpointer().restore(directory / "params")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
-import os
 from typing import Any
 
 import grain
 import ml_collections
 
+from mdm_jax import io_paths
 from mdm_jax.data import file_sources, packaged_sources, precomputed, procedural
 from mdm_jax.data.file_sources import MissingDataError
 from mdm_jax.data.pipeline import DataInfo, Preprocess, build_pipeline
@@ -93,7 +92,7 @@ class SourceSpec:
 
 
 def _require_dir(path: str, what: str) -> str:
-    if not path or not os.path.isdir(path):
+    if not path or not io_paths.isdir(path):
         raise MissingDataError(f"{what}: data_dir {path!r} does not exist; create it and put the files there.")
     return path
 
@@ -130,12 +129,12 @@ def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tu
         return src, SourceSpec("class", True, True, src.num_classes, src.class_names)
     if name == "image_text_tsv":
         if config.file_list:
-            if not os.path.isfile(config.file_list):
+            if not io_paths.isfile(config.file_list):
                 raise MissingDataError(f"image_text_tsv: file list {config.file_list!r} not found.")
             tsvs = file_sources.read_file_list(config.file_list)
         else:
-            pattern = config.file_pattern or os.path.join(_require_dir(config.data_dir, "image_text_tsv"), "*.tsv")
-            tsvs = sorted(glob.glob(pattern))
+            pattern = config.file_pattern or io_paths.join(_require_dir(config.data_dir, "image_text_tsv"), "*.tsv")
+            tsvs = io_paths.glob(pattern)
         if not tsvs:
             raise MissingDataError(
                 f"image_text_tsv: no shard TSVs (columns tar, file, caption) found via "
@@ -144,8 +143,8 @@ def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tu
         src = file_sources.TarTsvSource(tsvs, base_dir=config.data_dir)
         return src, SourceSpec("text", False, True)
     if name == "webdataset":
-        pattern = config.file_pattern or os.path.join(_require_dir(config.data_dir, "webdataset"), "*.tar")
-        tars = sorted(glob.glob(pattern))
+        pattern = config.file_pattern or io_paths.join(_require_dir(config.data_dir, "webdataset"), "*.tar")
+        tars = io_paths.glob(pattern)
         if not tars:
             raise MissingDataError(f"webdataset: no .tar shards match {pattern!r}; put the shards there.")
         src = file_sources.WebDatasetSource(tars)

@@ -13,7 +13,6 @@ here).
 from __future__ import annotations
 
 import csv
-import glob
 import os
 import tarfile
 import threading
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mdm_jax import io_paths
 from mdm_jax.data.pipeline import CORRUPT_KEY
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".ppm", ".tif", ".tiff")
@@ -34,7 +34,7 @@ class MissingDataError(FileNotFoundError):
 def index_tar(path: str) -> dict[str, tuple[int, int]]:
     """Maps member name -> (data offset, size) by walking the tar headers (data is skipped, not read)."""
     members = {}
-    with tarfile.open(path, "r:") as tf:
+    with io_paths.open_file(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
         for m in tf:
             if m.isfile():
                 members[m.name] = (m.offset_data, m.size)
@@ -55,8 +55,13 @@ class _FileReader:
 
     def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         if size is None:
-            with open(path, "rb") as f:
+            with io_paths.open_file(path, "rb") as f:
                 return f.read()
+        if io_paths.is_url(path):  # object stores: one ranged read per call (no descriptors to share)
+            data = io_paths.read_range(path, offset, size)
+            if len(data) != size:
+                raise OSError(f"short read from {path} at {offset}: {len(data)} of {size} bytes")
+            return data
         fd = self._fds.get(path)
         own = False
         if fd is None:
@@ -96,11 +101,13 @@ class _LazyReaderMixin:
 
 
 def _resolve(path: str, *bases: str) -> str:
-    if os.path.isabs(path):
+    if os.path.isabs(path) or io_paths.is_url(path):
         return path
     for base in bases:
-        candidate = os.path.join(base, path)
-        if os.path.exists(candidate):
+        if not base:
+            continue
+        candidate = io_paths.join(base, path)
+        if io_paths.exists(candidate):
             return candidate
     return path
 
@@ -118,7 +125,7 @@ class TarTsvSource(_LazyReaderMixin):
         tar_ids: dict[str, int] = {}
         rows_tar, self._files, self._captions = [], [], []
         for tsv in tsv_files:
-            with open(tsv, newline="", encoding="utf-8") as f:
+            with io_paths.open_file(tsv, "r", newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
                 missing = {"tar", "file", "caption"} - set(reader.fieldnames or ())
                 if missing:
@@ -173,7 +180,7 @@ class TarTsvSource(_LazyReaderMixin):
 
 def read_file_list(path: str) -> list[str]:
     """ml-mdm's training file list: a TSV whose ``filename`` column names per-shard TSVs."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with io_paths.open_file(path, "r", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     base = os.path.dirname(path)
     return [_resolve(r["filename"], base) for r in rows]
@@ -220,7 +227,7 @@ class WebDatasetSource(_LazyReaderMixin):
 
     @staticmethod
     def _read_small(path: str, offset: int, size: int) -> str:
-        with open(path, "rb") as f:
+        with io_paths.open_file(path, "rb") as f:
             f.seek(offset)
             return f.read(size).decode("utf-8", errors="replace").strip()
 
@@ -264,11 +271,11 @@ class ImageFolderSource(_LazyReaderMixin):
         self._labels: list[int] = []
         if not captions_file:
             for name in ("captions.tsv", "captions.txt"):
-                if os.path.isfile(os.path.join(root, name)):
-                    captions_file = os.path.join(root, name)
+                if io_paths.isfile(io_paths.join(root, name)):
+                    captions_file = io_paths.join(root, name)
                     break
         if captions_file:
-            with open(captions_file, encoding="utf-8") as f:
+            with io_paths.open_file(captions_file, "r", encoding="utf-8") as f:
                 for line in f:
                     line = line.rstrip("\n")
                     if not line.strip():
@@ -279,12 +286,13 @@ class ImageFolderSource(_LazyReaderMixin):
                     self._paths.append(_resolve(rel, root))
                     self._captions.append(caption)
             return
-        subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        top_images = [f for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        entries = io_paths.listdir(root)
+        subdirs = sorted(d for d in entries if io_paths.isdir(io_paths.join(root, d)))
+        top_images = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
         if subdirs and not top_images:
             self.class_names = tuple(subdirs)
             for label, d in enumerate(subdirs):
-                for path in sorted(_walk_images(os.path.join(root, d))):
+                for path in sorted(_walk_images(io_paths.join(root, d))):
                     self._paths.append(path)
                     self._labels.append(label)
                     self._captions.append("")
@@ -293,8 +301,8 @@ class ImageFolderSource(_LazyReaderMixin):
             self._paths.append(path)
             sidecar = os.path.splitext(path)[0] + ".txt"
             caption = ""
-            if os.path.isfile(sidecar):
-                with open(sidecar, encoding="utf-8", errors="replace") as f:
+            if io_paths.isfile(sidecar):
+                with io_paths.open_file(sidecar, "r", encoding="utf-8", errors="replace") as f:
                     caption = f.read().strip()
             self._captions.append(caption)
 
@@ -322,11 +330,8 @@ class ImageFolderSource(_LazyReaderMixin):
 
 
 def _walk_images(root: str) -> list[str]:
-    found = []
-    for dirpath, _, files in os.walk(root):
-        found.extend(os.path.join(dirpath, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
-    return found
+    return [p for p in io_paths.walk_files(root) if p.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def glob_sorted(pattern: str) -> list[str]:
-    return sorted(glob.glob(pattern, recursive=True))
+    return io_paths.glob(pattern)

@@ -12,11 +12,12 @@ Arrays are loaded lazily in each process (grain workers get a small pickle, not 
 from __future__ import annotations
 
 import gzip
+import io
 import json
-import os
 
 import numpy as np
 
+from mdm_jax import io_paths
 from mdm_jax.data.file_sources import MissingDataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -28,9 +29,9 @@ _FMNIST_FILES = {"train": "train", "test": "t10k", "validation": "t10k"}
 
 def read_idx(path: str) -> np.ndarray:
     """Parses an idx file (optionally .gz): magic 0x0000 08 <ndim>, big-endian uint32 dims, then uint8 data."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    data = io_paths.read_bytes(path)
+    if path.endswith(".gz"):
+        data = gzip.decompress(data)
     if data[0:2] != b"\x00\x00" or data[2] != 0x08:
         raise ValueError(f"{path}: not a uint8 idx file")
     ndim = data[3]
@@ -43,14 +44,14 @@ def load_fashion_mnist(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarra
     prefix = _FMNIST_FILES.get(split)
     if prefix is None:
         raise ValueError(f"fashion_mnist splits are train/test, got {split!r}")
-    npz = os.path.join(data_dir, f"fashion_mnist_{prefix}.npz")
-    if os.path.isfile(npz):
-        with np.load(npz) as z:
+    npz = io_paths.join(data_dir, f"fashion_mnist_{prefix}.npz")
+    if io_paths.isfile(npz):
+        with np.load(io.BytesIO(io_paths.read_bytes(npz))) as z:
             return z["images"], z["labels"].astype(np.int32)
     for ext in ("", ".gz"):
-        images = os.path.join(data_dir, f"{prefix}-images-idx3-ubyte{ext}")
-        labels = os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte{ext}")
-        if os.path.isfile(images) and os.path.isfile(labels):
+        images = io_paths.join(data_dir, f"{prefix}-images-idx3-ubyte{ext}")
+        labels = io_paths.join(data_dir, f"{prefix}-labels-idx1-ubyte{ext}")
+        if io_paths.isfile(images) and io_paths.isfile(labels):
             return read_idx(images), read_idx(labels).astype(np.int32)
     raise MissingDataError(
         f"Fashion-MNIST not found in {data_dir!r}: run `apt-get install -y dataset-fashion-mnist` (files land in "
@@ -108,15 +109,14 @@ EMOJI_META = "emoji_meta.json"
 
 
 def load_emoji_meta(data_dir: str) -> dict:
-    path = os.path.join(data_dir, EMOJI_META)
-    if not os.path.isfile(path) or not os.path.isfile(os.path.join(data_dir, EMOJI_FILE)):
+    path = io_paths.join(data_dir, EMOJI_META)
+    if not io_paths.isfile(path) or not io_paths.isfile(io_paths.join(data_dir, EMOJI_FILE)):
         raise MissingDataError(
             f"emoji data not found in {data_dir!r}: `npm pack emoji-datasource-google@16.0.0 && tar -xzf "
             f"emoji-datasource-google-16.0.0.tgz`, then `python -m mdm_jax.data.prepare_emoji --src package "
             f"--out {data_dir}`."
         )
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(io_paths.read_text(path))
 
 
 class EmojiSource:
@@ -160,7 +160,9 @@ class EmojiSource:
 
     def __getitem__(self, i: int) -> dict:
         if self._images is None:
-            self._images = np.load(os.path.join(self.data_dir, EMOJI_FILE), mmap_mode="r")
+            path = io_paths.join(self.data_dir, EMOJI_FILE)
+            self._images = (np.load(io.BytesIO(io_paths.read_bytes(path))) if io_paths.is_url(path)
+                            else np.load(path, mmap_mode="r"))  # memory-mapped when local
         j = int(self._ids[i])
         return {
             "image": np.asarray(self._images[j]),

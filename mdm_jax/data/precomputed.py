@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import numpy as np
 
+from mdm_jax import io_paths
 from mdm_jax.data.file_sources import MissingDataError
 
 META_FILE = "meta.json"
@@ -25,7 +25,7 @@ NULL_FILE = "null.npy"
 
 
 def record_path(directory: str, split: str) -> str:
-    return os.path.join(directory, f"{split}.array_record")
+    return io_paths.join(directory, f"{split}.array_record")
 
 
 def serialize(array: np.ndarray) -> bytes:
@@ -39,18 +39,17 @@ def deserialize(data: bytes) -> np.ndarray:
 
 
 def load_meta(directory: str) -> dict:
-    path = os.path.join(directory, META_FILE)
-    if not os.path.isfile(path):
+    path = io_paths.join(directory, META_FILE)
+    if not io_paths.isfile(path):
         raise MissingDataError(
             f"no precomputed text embeddings in {directory!r}: run `python -m mdm_jax.text.precompute "
             f"--out {directory} ...` with the same data config first."
         )
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(io_paths.read_text(path))
 
 
 def load_null_embedding(directory: str) -> np.ndarray:
-    return np.load(os.path.join(directory, NULL_FILE)).astype(np.float32)
+    return np.load(io.BytesIO(io_paths.read_bytes(io_paths.join(directory, NULL_FILE)))).astype(np.float32)
 
 
 class WithPrecomputedText:
@@ -61,7 +60,7 @@ class WithPrecomputedText:
 
         meta = load_meta(directory)
         path = record_path(directory, split)
-        if not os.path.isfile(path):
+        if not io_paths.isfile(path):
             raise MissingDataError(f"{path} missing: precompute embeddings for split {split!r} first.")
         self._base = base
         self._records = grain.sources.ArrayRecordDataSource([path])

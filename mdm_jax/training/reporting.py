@@ -6,9 +6,11 @@ absl logging (stack.md pitfall 4); ``clu.parameter_overview`` is TF-free and use
 
 from __future__ import annotations
 
+import io
 import logging as pylogging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,16 +20,29 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from mdm_jax import io_paths
+
 
 class MetricWriter:
-    """Scalars to TensorBoard (tensorboardX) and the log; images to TensorBoard. No-op off process 0."""
+    """Scalars to TensorBoard (tensorboardX) and the log; images to TensorBoard. No-op off process 0.
 
-    def __init__(self, logdir: str, enabled: bool | None = None):
+    A URL logdir (``gs://...``) is written locally and its event files copied to the store every
+    ``sync_secs`` and on flush/close (one whole-object upload each): tensorboardX's own gs:// writer re-uploads
+    on garbage collection too and blocks for minutes when the store is gone.
+    """
+
+    def __init__(self, logdir: str, enabled: bool | None = None, sync_secs: float = 60.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
+        self._remote = logdir if io_paths.is_url(logdir) else None
+        self._local = None
+        self._sync_secs, self._synced = sync_secs, time.monotonic()
         if self.enabled:
             from tensorboardX import SummaryWriter
 
+            if self._remote:
+                self._local = tempfile.TemporaryDirectory(prefix="mdm_tensorboard_")
+                logdir = self._local.name
             os.makedirs(logdir, exist_ok=True)
             self._tb = SummaryWriter(logdir, flush_secs=30)
 
@@ -36,6 +51,8 @@ class MetricWriter:
             return
         for k, v in values.items():
             self._tb.add_scalar(k, float(v), int(step))
+        if self._remote and time.monotonic() - self._synced > self._sync_secs:
+            self.flush()
 
     def image(self, step: int, tag: str, image: np.ndarray) -> None:
         if self._tb is not None:
@@ -48,11 +65,30 @@ class MetricWriter:
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
+            self._sync()
+
+    def _sync(self) -> None:
+        if not self._remote or self._local is None:
+            return
+        self._synced = time.monotonic()
+        for root, _, files in os.walk(self._local.name):
+            for name in files:
+                local = os.path.join(root, name)
+                rel = os.path.relpath(local, self._local.name)
+                try:
+                    with open(local, "rb") as f:
+                        io_paths.write_bytes(io_paths.join(self._remote, rel), f.read())
+                except Exception as e:  # noqa: BLE001 - logs are a by-product; the next sync retries
+                    logging.warning("Could not copy TensorBoard file %s to %s: %s", rel, self._remote, e)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+            self._sync()
             self._tb = None
+        if self._local is not None:
+            self._local.cleanup()
+            self._local = None
 
 
 class Progress:
@@ -165,10 +201,10 @@ def image_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.png"
-    Image.fromarray(np.asarray(image)).save(tmp)
-    os.replace(tmp, path)
+    """Write a PNG whole (atomically: a rename locally, one object upload on a store)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+    io_paths.write_bytes(path, buf.getvalue())
 
 
 def parameter_overview(params: Any) -> str:

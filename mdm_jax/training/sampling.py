@@ -7,7 +7,6 @@ classifier-free guidance stacks the unconditional rows first, as the sampler exp
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
+from mdm_jax import io_paths
 from mdm_jax.diffusion import sampler
 from mdm_jax.text import tokenizers as tok_lib
 from mdm_jax.training import reporting
@@ -94,13 +95,12 @@ def write_grids(levels: list[np.ndarray], captions: list[str], resolutions: tupl
     paths = []
     for img, res in zip(levels, resolutions, strict=True):
         grid = reporting.image_grid(img)
-        path = os.path.join(out_dir, f"step_{step:08d}_{res}px.png")
+        path = io_paths.join(out_dir, f"step_{step:08d}_{res}px.png")
         reporting.save_png(path, grid)
         paths.append(path)
         if writer is not None:
             writer.image(step, f"samples/{res}px", grid)
-    with open(os.path.join(out_dir, f"step_{step:08d}_captions.txt"), "w") as f:
-        f.write("\n".join(captions) + "\n")
+    io_paths.write_text(io_paths.join(out_dir, f"step_{step:08d}_captions.txt"), "\n".join(captions) + "\n")
     logging.info("Wrote sample grids %s", ", ".join(paths))
     return paths
 
@@ -157,14 +157,14 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
     item = "ema" if cfg.get("use_ema", True) else "state"
     ckptr = ocp.StandardCheckpointer()
     if item == "ema":
-        params = ckptr.restore(os.path.join(step_dir, "ema"), target)
+        params = ckptr.restore(epath.Path(step_dir, "ema"), target)
     else:
-        params = sources._restore_numpy(os.path.join(step_dir, "state"), subtree="params")
+        params = sources.read_numpy(io_paths.join(step_dir, "state"), subtree="params")
         params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
     step = int(meta["step"])
     logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images), item, step_dir,
                  phase.describe())
     levels, captions = generate(model, phase, params, info, cfg, jax.random.key(int(cfg.get("seed", 0))), batch,
                                 frozen=frozen)
-    out_dir = cfg.get("output_dir") or os.path.join(workdir, "samples", "sample_mode")
+    out_dir = cfg.get("output_dir") or io_paths.join(io_paths.resolve(workdir), "samples", "sample_mode")
     return write_grids(levels, captions, phase.spec.resolutions, out_dir, step)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import optax
 from absl import logging
 
 from mdm_jax import data as data_lib
+from mdm_jax import io_paths
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import model_fn, partitioning, reporting, sampling, sources
 from mdm_jax.training import phases as phases_lib
@@ -196,17 +196,17 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         self.config = config
-        self.workdir = workdir
+        self.workdir = io_paths.resolve(workdir)  # local or gs://...: every file below goes through epath
         reporting.quiet_library_logs(not config.get("verbose_library_logs", False))
         self.phases = phases_lib.build_phases(config)
         self.total_steps = self.phases[-1].end_step
         if int(config.get("max_steps", -1)) > 0:
             self.total_steps = min(self.total_steps, int(config.max_steps))
         self.mesh = partitioning.make_mesh(config.mesh)
-        self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.checkpoint.keep),
+        self.ckpt = ckpt_lib.Checkpointer(io_paths.join(self.workdir, "checkpoints"), keep=int(config.checkpoint.keep),
                                           async_save=bool(config.checkpoint.async_save),
                                           keep_steps=[p.end_step for p in self.phases])
-        self.writer = reporting.MetricWriter(os.path.join(workdir, "tensorboard"))
+        self.writer = reporting.MetricWriter(io_paths.join(self.workdir, "tensorboard"))
         self.history: list[tuple[int, dict[str, float]]] = []
         self.stop = StopSignal()
         self.progress: reporting.Progress | None = None
@@ -306,7 +306,7 @@ class Trainer:
             levels, captions = sampling.generate(run.model, run.phase, params, run.info, cfg,
                                                  jax.random.key(int(cfg.get("seed", 0))), batch, frozen=run.frozen)
             sampling.write_grids(levels, captions, run.phase.spec.resolutions,
-                                 os.path.join(self.workdir, "samples", run.phase.name), step, self.writer)
+                                 io_paths.join(self.workdir, "samples", run.phase.name), step, self.writer)
         except Exception:  # noqa: BLE001 - samples are a by-product; training goes on
             logging.exception("Sampling at step %d failed; training continues.", step)
             return
@@ -393,9 +393,7 @@ class Trainer:
     def run(self) -> state_lib.TrainState:
         run, state = self.starting_point()
         if jax.process_index() == 0:
-            os.makedirs(self.workdir, exist_ok=True)
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(self.config.to_json_best_effort(indent=2))
+            io_paths.write_text(io_paths.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2))
         self.progress = reporting.Progress(self.total_steps, int(state.step))
         while True:
             phase = run.phase

@@ -1,6 +1,6 @@
 """Two real processes training one model through jax.distributed (gloo collectives on CPU), as on a pod.
 
-One test, three two-process runs of the tiny demo (phase 1: 4 steps, phase 2 grown out of it: 6 steps):
+One test, three two-process runs of the tiny demo (phase 1: 4 steps, phase 2 grown out of it: 8 steps):
 an uninterrupted reference; a run where ONE process gets SIGTERM in phase 2 (both must stop at the same step,
 save that step together and exit 0); its restart, which must end with exactly the reference's weights.
 Each process feeds its own half of the global batch and writes its own data-iterator state.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -23,10 +24,11 @@ import numpy as np
 from mdm_jax.training import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL = 10
-OVERRIDES = ["--config.phases[0].steps=4", "--config.phases[1].steps=6", "--config.sample.num_images=0",
-             "--config.checkpoint.every_steps=2", "--config.log_every_steps=1"]
-RUN_TIMEOUT = 240
+TOTAL = 12
+# No periodic checkpoints (only phase ends and the stop), a log line (and stop check) every step, no samples.
+OVERRIDES = ["--config.phases[0].steps=4", f"--config.phases[1].steps={TOTAL - 4}", "--config.sample.num_images=0",
+             "--config.checkpoint.every_steps=0", "--config.log_every_steps=1"]
+RUN_TIMEOUT = 600  # per run; ~1/10 of it on an idle 2-core machine
 
 
 def _free_port() -> int:
@@ -35,15 +37,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class TwoProcesses:
     """``python -m mdm_jax.main`` twice (process 0 and 1), logs in files; killed on any failure."""
 
     def __init__(self, workdir: str, logdir: str, tag: str):
         port = _free_port()
-        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        # LLVM -O0: compiling is most of this test's time (and JAX's CPU cache keys differ per process, so
+        # process 1 compiles in every run); the steps are tiny, so running unoptimised code costs little.
+        flags = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
                    MDM_COMPILATION_CACHE=os.environ.get("MDM_TEST_CACHE", "/tmp/mdm_jax_test_cache"))
         self.logs = [os.path.join(logdir, f"{tag}.process{i}.log") for i in range(2)]
         self.procs: list[subprocess.Popen] = []
+        self.tag, self.t0, self.cpu0 = tag, time.time(), _children_cpu()
         for i in range(2):
             cmd = [sys.executable, "-m", "mdm_jax.main", f"--config={REPO}/configs/demo.py:tiny",
                    f"--workdir={workdir}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
@@ -75,6 +86,7 @@ class TwoProcesses:
             self.kill()
             raise AssertionError("timed out:\n" + "\n".join(self.log(i)[-3000:] for i in range(2))) from None
         logs = [self.log(i) for i in range(2)]
+        print(f"{self.tag}: {time.time() - self.t0:.1f}s wall, {_children_cpu() - self.cpu0:.1f}s CPU")
         for p, log in zip(self.procs, logs, strict=True):
             if p.returncode != 0:
                 self.kill()

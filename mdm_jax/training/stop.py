@@ -84,7 +84,11 @@ class StopCoordinator:
         self._previous = None
         if install_handler:
             try:
-                self._previous = signal.signal(signal.SIGTERM, self._handle)
+                # Replaces the handler of JAX's SIGTERM preemption notifier too (installed by
+                # jax.distributed.initialize); notices arriving before this point still reach every host
+                # through the preemption sync point. A C handler reads back as None: restore the default then.
+                previous = signal.signal(signal.SIGTERM, self._handle)
+                self._previous = signal.SIG_DFL if previous is None else previous
             except ValueError:  # not the main thread: leave signals alone
                 self._previous = None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdm_jax.data import MissingDataError, create_dataset, from_model_scale, to_model_scale
+from mdm_jax.data import DataDecodeError, MissingDataError, create_dataset, from_model_scale, to_model_scale
 from mdm_jax.data.image_ops import resize_smallest_side_center_crop
 from mdm_jax.data.procedural import ProceduralShapesSource, class_names
 
@@ -164,6 +164,33 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
     assert sum(len(b["images"]) for b in batches) == 6
     assert it.num_skipped == 2
     assert it.get_state()["num_skipped"] == 2
+
+
+def test_source_where_every_image_fails_stops_with_an_error(tmp_path):
+    for i in range(3):
+        (tmp_path / f"bad_{i}.png").write_bytes(b"not a png %d" % i)
+    # Repeats forever (train split): without a bound this would loop without ever producing a batch.
+    cfg = {"name": "image_folder", "data_dir": str(tmp_path), "resolution": 8, "max_consecutive_failures": 20, **HOST}
+    it, _ = create_dataset(cfg, global_batch_size=2, seed=0)
+    with pytest.raises(DataDecodeError, match="20 consecutive examples failed to decode") as e:
+        next(it)
+    assert f"data source 'image_folder' ({tmp_path}, split train)" in str(e.value)
+
+
+def test_source_where_most_images_fail_stops_with_an_error(tmp_path):
+    (tmp_path / "ok.jpg").write_bytes(_jpeg((200, 10, 10)))
+    for i in range(3):
+        (tmp_path / f"bad_{i}.png").write_bytes(b"not a png %d" % i)
+    cfg = {"name": "image_folder", "data_dir": str(tmp_path), "resolution": 8, "max_consecutive_failures": 12,
+           "max_failure_fraction": 0.5, **HOST}
+    it, _ = create_dataset(cfg, global_batch_size=1, seed=0)
+    with pytest.raises(DataDecodeError, match=r"failed to decode, more than max_failure_fraction=0.5"):
+        for _ in range(20):
+            next(it)
+    # The default bound leaves a source with a few bad files alone (see test_corrupt_images_are_skipped...).
+    cfg["max_failure_fraction"] = 0.9
+    it, _ = create_dataset(cfg, global_batch_size=1, seed=0)
+    assert len([next(it) for _ in range(10)]) == 10
 
 
 def test_config_errors(tmp_path):

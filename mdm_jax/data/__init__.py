@@ -13,6 +13,7 @@ their data (nothing is ever downloaded at run time; a missing data set raises ``
 * ``image_text_tsv``: ml-mdm's shard TSVs (``tar``, ``file``, ``caption``) + tars, via ``file_list`` or ``data_dir``.
 * ``webdataset``: ``*.tar`` with ``<key>.jpg|png`` + ``<key>.txt`` (+ ``<key>.cls``).
 * ``image_folder``: images with a ``captions.tsv``, class sub-folders, or ``.txt`` side-cars.
+* Unreadable examples are skipped and counted; a source where most fail raises ``DataDecodeError``.
 * precomputed text embeddings for any captioned source: ``python -m mdm_jax.text.precompute``.
 """
 
@@ -26,10 +27,11 @@ from mdm_jax.data.factory import (
 )
 from mdm_jax.data.file_sources import MissingDataError
 from mdm_jax.data.image_ops import from_model_scale, to_model_scale
-from mdm_jax.data.pipeline import DataInfo
+from mdm_jax.data.pipeline import DataDecodeError, DataInfo
 
 __all__ = [
     "SOURCES",
+    "DataDecodeError",
     "DataInfo",
     "MissingDataError",
     "build_dataset",

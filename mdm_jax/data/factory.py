@@ -12,7 +12,7 @@ import ml_collections
 from mdm_jax import io_paths
 from mdm_jax.data import file_sources, packaged_sources, precomputed, procedural
 from mdm_jax.data.file_sources import MissingDataError
-from mdm_jax.data.pipeline import DataInfo, Preprocess, build_pipeline
+from mdm_jax.data.pipeline import DataDecodeError, DataInfo, FailureBound, Preprocess, build_pipeline
 from mdm_jax.text import tokenizers as tok_lib
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def default_data_config() -> ml_collections.ConfigDict:
             "shuffle": True,  # global shuffle of the train split (other splits are never shuffled)
             "num_epochs": -1,  # -1: train repeats forever, other splits 1 epoch; 0: forever; n: n epochs
             "drop_remainder": True,  # static batch shapes
+            "max_consecutive_failures": 1000,  # that many undecodable examples in a row: DataDecodeError (0: off)
+            "max_failure_fraction": 0.5,  # ... or more than this fraction of those read (after the number above)
             "keep_captions": False,  # also return batch['captions'] (list of str; pop before device transfer)
             "process_index": -1,  # -1: jax.process_index()
             "process_count": -1,  # -1: jax.process_count()
@@ -160,6 +162,14 @@ def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tu
     raise ValueError(name)
 
 
+def _describe_source(config: ml_collections.ConfigDict, split: str) -> str:
+    """'image_folder (/data/x, split train)': how error messages name a source."""
+    where = [str(config[k]).replace("{split}", split) for k in ("data_dir", "file_list", "file_pattern") if config[k]]
+    if config.name == "imagenet":
+        where.insert(0, config.tfds_name)
+    return f"'{config.name}' ({', '.join(where + [f'split {split}'])})"
+
+
 def _process_info(config: ml_collections.ConfigDict) -> tuple[int, int]:
     if config.process_index >= 0 and config.process_count > 0:
         return int(config.process_index), int(config.process_count)
@@ -238,6 +248,8 @@ def build_dataset(
         prefetch_buffer_size=int(config.prefetch_buffer_size),
         worker_buffer_size=int(config.worker_buffer_size),
         drop_remainder=bool(config.drop_remainder),
+        failure_bound=FailureBound(_describe_source(config, split), int(config.max_consecutive_failures),
+                                   float(config.max_failure_fraction)),
     )
     info = DataInfo(
         name=config.name,
@@ -278,6 +290,6 @@ def create_dataset(
 
 
 __all__ = [
-    "DataInfo", "MissingDataError", "build_dataset", "create_dataset", "create_source", "default_data_config",
-    "resolve_config",
+    "DataDecodeError", "DataInfo", "MissingDataError", "build_dataset", "create_dataset", "create_source",
+    "default_data_config", "resolve_config",
 ]

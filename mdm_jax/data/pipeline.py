@@ -5,7 +5,7 @@ Layout (all random-access, so resuming is exact and shuffling is global without 
     MapDataset.source(src) .shuffle(seed) .repeat(epochs) [process_index::process_count]
       .random_map(Preprocess)            # decode + resize/crop + flip + conditioning dropout + tokenize
       .to_iter_dataset(ReadOptions)      # threaded reads
-      -> _SkipCorrupt                    # drops unreadable images, counts them
+      -> _SkipCorrupt                    # drops unreadable images, counts them, errors on too many
       .batch(per_host_batch)
       .mp_prefetch(num_workers)          # worker processes (0 = in-process)
       -> _Finalize                       # main process: uint8 -> (x-127)/128, key names, skip counter
@@ -112,19 +112,55 @@ class Preprocess(grain.transforms.RandomMap):
         return out
 
 
+class DataDecodeError(RuntimeError):
+    """Too many examples of a source fail to decode: the source is broken, not a few of its files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureBound:
+    """When skipping unreadable examples turns into an error (per iterator, i.e. per host and worker).
+
+    ``max_consecutive``: that many failures in a row; ``max_fraction``: more than this fraction of the examples
+    read so far failed, judged once ``max_consecutive`` examples were read. Without a bound a source whose every
+    example fails would loop forever without producing a batch.
+    """
+
+    source: str = "data"
+    max_consecutive: int = 1000
+    max_fraction: float = 0.5
+
+
 class _SkipCorruptIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, bound: FailureBound):
         super().__init__(parent)
+        self._bound = bound
+        self._seen = 0
+        self._failed = 0
+
+    def _check(self, consecutive: int, error: str) -> None:
+        b = self._bound
+        hint = (f"check the files of data source {b.source} (data_dir / file_pattern), or raise "
+                "data.max_consecutive_failures / data.max_failure_fraction if this is expected")
+        if b.max_consecutive > 0 and consecutive >= b.max_consecutive:
+            raise DataDecodeError(f"data source {b.source}: {consecutive} consecutive examples failed to decode "
+                                  f"(last: {error}); {hint}")
+        if b.max_consecutive > 0 and self._seen >= b.max_consecutive and self._failed > b.max_fraction * self._seen:
+            raise DataDecodeError(f"data source {b.source}: {self._failed} of {self._seen} examples "
+                                  f"({100 * self._failed / self._seen:.0f}%) failed to decode, more than "
+                                  f"max_failure_fraction={b.max_fraction} (last: {error}); {hint}")
 
     def __next__(self) -> dict:
         skipped = 0
         while True:
             element = next(self._parent)
+            self._seen += 1
             if CORRUPT_KEY not in element:
                 element[_SKIPPED_KEY] = np.int32(skipped)
                 return element
             skipped += 1
+            self._failed += 1
             log.warning("skipping unreadable image %s", element[CORRUPT_KEY])
+            self._check(skipped, element[CORRUPT_KEY])
 
     def get_state(self) -> dict:
         return self._parent.get_state()
@@ -137,11 +173,16 @@ class _SkipCorrupt(grain.IterDataset):
     """Drops corrupt-image markers and records, on the next good example, how many were dropped before it.
 
     The count travels in-band so it survives worker processes; skips after the last good example of a finite
-    epoch, or inside a dropped remainder batch, are logged but not counted.
+    epoch, or inside a dropped remainder batch, are logged but not counted. Too many failures (``FailureBound``)
+    raise ``DataDecodeError`` naming the source.
     """
 
+    def __init__(self, parent: grain.IterDataset, bound: FailureBound):
+        super().__init__(parent)
+        self._bound = bound
+
     def __iter__(self) -> grain.DatasetIterator:
-        return _SkipCorruptIterator(self._parent.__iter__())
+        return _SkipCorruptIterator(self._parent.__iter__(), self._bound)
 
 
 class _FinalizeIterator(grain.DatasetIterator):
@@ -193,6 +234,7 @@ def build_pipeline(
     prefetch_buffer_size: int = 64,
     worker_buffer_size: int = 2,
     drop_remainder: bool = True,
+    failure_bound: FailureBound | None = None,
 ) -> grain.IterDataset:
     """Returns the grain ``IterDataset`` for one host; ``iter()`` it for a checkpointable iterator."""
     ds = grain.MapDataset.source(source)
@@ -205,7 +247,7 @@ def build_pipeline(
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
     )
-    it = _SkipCorrupt(it)
+    it = _SkipCorrupt(it, failure_bound or FailureBound())
     it = it.batch(per_host_batch_size, drop_remainder=drop_remainder)
     if num_workers > 0:
         it = it.mp_prefetch(

@@ -14,6 +14,8 @@ every experiment shares (Appendix B), so each experiment file states what differ
 * ``phases``: the progressive schedule, a list of ``phase(...)`` entries (see ``phase``).
 * ``init``: start at phase ``init.phase`` from ``init.checkpoint`` (our run dir or a converted ml-mdm dir).
 * ``mesh``/``sharding``, ``checkpoint``, ``sample`` (sampler options for the interval grids and sample mode).
+* ``stop_check_every_steps``: how often all hosts agree whether any got a SIGTERM/preemption notice (also at
+  checkpoint and log steps); see ``training/stop.py`` for the latency/cost trade-off.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ def base_config() -> ConfigDict:
     c.log_every_steps = 100
     c.sample = sample()
     c.max_steps = -1  # > 0: stop after this global step (tests, preemption drills)
+    c.stop_check_every_steps = 10  # hosts agree on SIGTERM/preemption stops every k steps (training/stop.py)
     return c
 
 

@@ -3,14 +3,14 @@
 Flow: resume from the newest readable checkpoint of the workdir (or start phase ``init.phase`` from
 ``init.checkpoint``, or from scratch) -> train the phase (sharded jitted steps, async checkpoints, metrics,
 sample grids) -> save the phase's final checkpoint -> grow the next phase's model out of it -> ... .
-A SIGTERM (or a multi-host preemption notice) saves a checkpoint and returns; a NaN/inf loss raises.
+A SIGTERM on any host (or a preemption notice) makes every host save the same step and return
+(``training/stop.py``); a NaN/inf loss raises.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +28,7 @@ from mdm_jax.training import model_fn, partitioning, reporting, sampling, source
 from mdm_jax.training import phases as phases_lib
 from mdm_jax.training import state as state_lib
 from mdm_jax.training.optimizer import make_optimizer, param_labels
+from mdm_jax.training.stop import StopCoordinator
 from mdm_jax.training.train_step import jit_step, make_step_fn
 
 BATCH_KEYS = ("images", "labels", "lm_outputs", "lm_mask", "tokens")
@@ -151,27 +152,6 @@ def grow(state: state_lib.TrainState, run: PhaseRun, params: Any, ema: Any, rule
                          ema=state_lib.place(new_ema, run.shardings.ema))
 
 
-class StopSignal:
-    """SIGTERM -> finish the current step, save, return (instead of dying with unsaved work)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("Received signal %d: will save a checkpoint and stop after the current step.", signum)
-        self.requested = True
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
 def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
@@ -208,7 +188,7 @@ class Trainer:
                                           keep_steps=[p.end_step for p in self.phases])
         self.writer = reporting.MetricWriter(io_paths.join(self.workdir, "tensorboard"))
         self.history: list[tuple[int, dict[str, float]]] = []
-        self.stop = StopSignal()
+        self.stop = StopCoordinator(int(config.get("stop_check_every_steps", 10)))
         self.progress: reporting.Progress | None = None
         self._sample_batches: dict[int, Any] = {}
         self._text_cache: dict[str, Any] = {}
@@ -359,14 +339,20 @@ class Trainer:
                 self.log_metrics(done, run, sums, count)
                 sums, count = {}, 0
 
+        def stop_here() -> tuple[state_lib.TrainState, bool]:
+            drain()
+            self.save(run, state, step)
+            self.ckpt.wait()
+            logging.warning("Stopped at step %d on request; checkpoint saved.", step)
+            return state, True
+
         self.progress.reset_rate()
+        first = True  # the first step of a phase is a check step: growth and compilation take long
         while step < end:
-            if self.stop.requested or (jax.process_count() > 1 and self.ckpt.reached_preemption(step)):
-                drain()
-                self.save(run, state, step)
-                self.ckpt.wait()
-                logging.warning("Stopped at step %d on request; checkpoint saved.", step)
-                return state, True
+            # Every process polls at the same steps (functions of step and config): one decision for all hosts.
+            if self.stop.poll(step, first or self.stop.is_check_step(step, every_ckpt, every_log)):
+                return stop_here()
+            first = False
             batch = partitioning.global_batch(_host_batch(run.data), self.mesh)
             if run.compiled is None:
                 self.progress.pause()
@@ -388,6 +374,8 @@ class Trainer:
                 self.sample(run, state, step)
                 self.progress.resume()
         drain()
+        if self.stop.finish(step):  # before the phase-end checkpoint, samples and growth
+            return stop_here()
         return state, False
 
     def run(self) -> state_lib.TrainState:

@@ -14,6 +14,7 @@ every experiment shares (Appendix B), so each experiment file states what differ
 * ``phases``: the progressive schedule, a list of ``phase(...)`` entries (see ``phase``).
 * ``init``: start at phase ``init.phase`` from ``init.checkpoint`` (our run dir or a converted ml-mdm dir).
 * ``mesh``/``sharding``, ``checkpoint``, ``sample`` (sampler options for the interval grids and sample mode).
+* ``compile``: ``--mode=compile`` options (TPU topology to plan for; see ``compile_options``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,18 @@ def sample(**overrides: Any) -> ConfigDict:
     return cfg
 
 
+def compile_options(**overrides: Any) -> ConfigDict:
+    """``--mode=compile`` (``mdm_jax.training.compile_plan``): compile every phase for a TPU topology, no TPU."""
+    cfg = ConfigDict(dict(
+        topology="",  # libtpu topology name '<chip>:<shape>', e.g. 'v5p:2x2x1', 'v6e:4x4'
+        phases="",  # comma-separated phase names or indices; '' = all
+        mfu=0.4,  # assumed model-FLOPs utilisation for the FLOPs-based step time
+        sampler=True,  # also compile one sampler network evaluation (guidance-doubled rows)
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
 def base_config() -> ConfigDict:
     """Everything but data, model and phases, with Appendix B's defaults."""
     c = ConfigDict()
@@ -129,6 +142,7 @@ def base_config() -> ConfigDict:
     c.log_every_steps = 100
     c.sample = sample()
     c.max_steps = -1  # > 0: stop after this global step (tests, preemption drills)
+    c.compile = compile_options()
     return c
 
 

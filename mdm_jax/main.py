@@ -13,6 +13,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mdm_jax import cluster_env
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
@@ -24,20 +26,16 @@ flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs without a scheduler).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_string("local_device_ids", "",
+                    "GPUs this process drives: '' = JAX's choice (under SLURM: the one with the task's local id), "
+                    "'visible' = all in CUDA_VISIBLE_DEVICES, or '0,1,...' (launch/gpu_slurm.sh sets it).")
 flags.mark_flags_as_required(["config"])
-
-_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                "JAX_COORDINATOR_ADDRESS")
 
 
 def _wants_distributed() -> bool:
     if FLAGS.distributed != "auto":
         return FLAGS.distributed == "on"
-    if FLAGS.coordinator_address:
-        return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-        return True
-    return any(k in os.environ for k in _CLUSTER_ENV[2:])
+    return cluster_env.wants_distributed(coordinator_address=FLAGS.coordinator_address)
 
 
 def init_distributed() -> None:
@@ -52,6 +50,9 @@ def init_distributed() -> None:
     if FLAGS.coordinator_address:
         kwargs = dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                       process_id=FLAGS.process_id)
+    ids = cluster_env.local_device_ids(FLAGS.local_device_ids)
+    if ids is not None:
+        kwargs["local_device_ids"] = ids
     jax.distributed.initialize(**kwargs)
 
 

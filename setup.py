@@ -37,6 +37,8 @@ setup(
         "data": ["tensorflow-datasets>=4.9.10,<5", "array-record>=0.5"],
         "dev": ["pytest>=8.0", "ruff>=0.6"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
-        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        # libtpu (pinned as jax[tpu]==0.10.2 pins it) also gives --mode=compile its compile-only TPU client on
+        # machines without TPUs.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11", "libtpu==0.0.42.*"],
     },
 )

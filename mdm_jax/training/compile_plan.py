@@ -241,6 +241,8 @@ def plan_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, devic
     hosts = len({d.process_index for d in devices})
     chip, hbm = chip_of(devices, topology)
     comp = config.get("compile") or config_lib.compile_options()
+    if float(comp.get("hbm_gib", 0) or 0) > 0:  # e.g. to keep room for other buffers
+        hbm = float(comp.hbm_gib) * GiB
     plan = PhasePlan(phase=phase.name, resolutions="/".join(str(r) for r in phase.spec.resolutions),
                      batch=phase.batch_size, steps=phase.steps, topology=topology, chip=chip.name,
                      devices=len(devices), hosts=hosts, mesh=dict(mesh.shape), hbm=hbm,
@@ -385,14 +387,42 @@ def run(config: ml_collections.ConfigDict) -> list[PhasePlan]:
         plan = plan_phase(config, phase, devices, topology)
         print(format_plan(plan), flush=True)
         plans.append(plan)
+    if comp.get("output"):
+        write_json(plans, str(comp.output))
     return plans
 
 
+def to_dict(plan: PhasePlan) -> dict[str, Any]:
+    """The plan's fields plus the derived numbers (for scripts and the README table)."""
+    d = dataclasses.asdict(plan)
+    d.update(total=plan.total, fits=plan.fits, mfu_seconds=plan.mfu_seconds, step_seconds=plan.step_seconds,
+             days_xla=plan.days(plan.step_seconds), days_mfu=plan.days(plan.mfu_seconds),
+             images_per_second_xla=plan.images_per_second(plan.step_seconds),
+             images_per_second_mfu=plan.images_per_second(plan.mfu_seconds))
+    return d
+
+
+def from_dict(d: Mapping[str, Any]) -> PhasePlan:
+    names = {f.name for f in dataclasses.fields(PhasePlan)}
+    return PhasePlan(**{k: v for k, v in d.items() if k in names})
+
+
+def write_json(plans: Sequence[PhasePlan], path: str) -> None:
+    import json
+
+    with open(path, "w") as f:
+        json.dump([to_dict(p) for p in plans], f, indent=1)
+
+
+def exit_code(plans: Sequence[PhasePlan]) -> int:
+    """0 when every phase fits; else 1, after saying which do not (their plans above say what to change)."""
+    bad = [p for p in plans if not p.fits]
+    for p in bad:
+        print(f"phase '{p.phase}' does not fit on {p.topology}: {_b(p.total)} per device > {_b(p.hbm)} HBM",
+              flush=True)
+    return 1 if bad else 0
+
+
 def main(config: ml_collections.ConfigDict) -> int:
-    """``--mode=compile``: 0 when every phase fits, 1 when one does not (its plan says what to change)."""
-    plans = run(config)
-    bad = [p.phase for p in plans if not p.fits]
-    if bad:
-        print(f"phases {bad} do not fit on {plans[0].topology}", flush=True)
-        return 1
-    return 0
+    """``--mode=compile``: the exit status is 0 when every phase fits, 1 when one does not."""
+    return exit_code(run(config))

@@ -111,6 +111,8 @@ def compile_options(**overrides: Any) -> ConfigDict:
         phases="",  # comma-separated phase names or indices; '' = all
         mfu=0.4,  # assumed model-FLOPs utilisation for the FLOPs-based step time
         sampler=True,  # also compile one sampler network evaluation (guidance-doubled rows)
+        hbm_gib=0.0,  # > 0: plan against this much memory per device instead of the chip's HBM
+        output="",  # a path: also write the plans there as JSON
     ))
     cfg.update(overrides)
     return cfg

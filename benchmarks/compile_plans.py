@@ -40,8 +40,11 @@ PAPER = {("imagenet64", "64"): ("INet 64", 64, 100_000, 1.01),
          ("cc12m_1024", "1024"): ("CC 256->1024", 12, 100_000, 1.88)}
 
 
-def compile_one(config: str, phase: str, chip: str, topo: str, out: Path, timeout: int) -> dict | None:
+def compile_one(config: str, phase: str, chip: str, topo: str, out: Path, timeout: int,
+                cached_only: bool = False) -> dict | None:
     path = out / f"{config}_{phase}_{chip}_{topo}.json"
+    if not path.exists() and cached_only:
+        return None
     if not path.exists():
         cmd = [sys.executable, "-m", "mdm_jax.main", "--mode=compile", f"--config=configs/{config}.py",
                f"--config.compile.phases={phase}", f"--config.compile.topology={chip}:{topo}",
@@ -59,10 +62,11 @@ def compile_one(config: str, phase: str, chip: str, topo: str, out: Path, timeou
     return plan
 
 
-def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int) -> tuple[dict | None, str]:
+def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int,
+                 cached_only: bool = False) -> tuple[dict | None, str]:
     last = None
     for topo, name in SLICES[chip]:
-        plan = compile_one(config, phase, chip, topo, out, timeout)
+        plan = compile_one(config, phase, chip, topo, out, timeout, cached_only)
         if plan is None:
             continue  # e.g. the batch does not divide over the devices
         last = plan
@@ -107,6 +111,7 @@ def main() -> None:
     ap.add_argument("--chips", nargs="+", default=["v5p", "v6e"], choices=sorted(SLICES))
     ap.add_argument("--configs", nargs="+", default=list(CONFIG_PHASES), choices=list(CONFIG_PHASES))
     ap.add_argument("--timeout", type=int, default=7200, help="seconds per compile")
+    ap.add_argument("--cached-only", action="store_true", help="only tabulate the plans already in --out")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +121,7 @@ def main() -> None:
             for phase in CONFIG_PHASES[config]:
                 key = SAME.get((config, phase), (config, phase))
                 if (key, chip) not in done:
-                    done[key, chip] = smallest_fit(*key, chip, out, args.timeout)
+                    done[key, chip] = smallest_fit(*key, chip, out, args.timeout, args.cached_only)
                 rows.append((config, phase, chip, *done[key, chip]))
     print(table(rows))
 

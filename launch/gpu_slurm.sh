@@ -104,7 +104,8 @@ if [[ $stop == 1 ]]; then
     echo "gpu_slurm.sh: stopped, not requeued (restart ${SLURM_RESTART_COUNT:-0} >= --max-restarts=$MAX_RESTARTS)"
   else
     echo "gpu_slurm.sh: tasks exited with status $status; requeueing job $SLURM_JOB_ID to resume from $WORKDIR"
-    scontrol requeue "$SLURM_JOB_ID"
+    # (Under PreemptMode=REQUEUE SLURM requeues the job itself; a failing call here is then harmless.)
+    scontrol requeue "$SLURM_JOB_ID" || echo "gpu_slurm.sh: scontrol requeue failed (already requeued?)"
   fi
 fi
 exit "$status"

@@ -39,6 +39,8 @@ setup(
         # gs:// workdirs, checkpoints, data and outputs (etils.epath -> fsspec/gcsfs; Orbax arrays via tensorstore)
         "gcs": ["gcsfs>=2024.2"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
-        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        # libtpu (pinned as jax[tpu]==0.10.2 pins it) also gives --mode=compile its compile-only TPU client on
+        # machines without TPUs.
+        "tpu": ["jax[tpu]>=0.10.2,<0.11", "libtpu==0.0.42.*"],
     },
 )

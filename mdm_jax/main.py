@@ -1,4 +1,5 @@
-r"""Command line: ``python -m mdm_jax.main --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample]``.
+r"""Command line: ``python -m mdm_jax.main --config=configs/<name>.py[:arg] --workdir=DIR [--mode=train|sample]``,
+or ``--mode=compile --config.compile.topology=v5p:2x2x1`` (no workdir) for a compiled per-chip plan.
 
 Thin on purpose: flags, logging and multi-process setup here; the work is in ``mdm_jax.training``
 (``train_and_evaluate`` and ``sample_from_checkpoint``), which tests call directly. Override any config field
@@ -12,29 +13,29 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mdm_jax import cluster_env
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "train: (resume) training; sample: grids from a checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "compile"],
+                  "train: (resume) training; sample: grids from a checkpoint; compile: per-chip memory/FLOP plan of "
+                  "every phase for --config.compile.topology (compile-only, needs libtpu, no TPU).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "jax.distributed.initialize(): 'auto' when a cluster environment or --coordinator_address is set.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs without a scheduler).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-flags.mark_flags_as_required(["config", "workdir"])
-
-_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                "JAX_COORDINATOR_ADDRESS")
+flags.DEFINE_string("local_device_ids", "",
+                    "GPUs this process drives: '' = JAX's choice (under SLURM: the one with the task's local id), "
+                    "'visible' = all in CUDA_VISIBLE_DEVICES, or '0,1,...' (launch/gpu_slurm.sh sets it).")
+flags.mark_flags_as_required(["config"])
 
 
 def _wants_distributed() -> bool:
     if FLAGS.distributed != "auto":
         return FLAGS.distributed == "on"
-    if FLAGS.coordinator_address:
-        return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-        return True
-    return any(k in os.environ for k in _CLUSTER_ENV[2:])
+    return cluster_env.wants_distributed(coordinator_address=FLAGS.coordinator_address)
 
 
 def init_distributed() -> None:
@@ -49,12 +50,21 @@ def init_distributed() -> None:
     if FLAGS.coordinator_address:
         kwargs = dict(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                       process_id=FLAGS.process_id)
+    ids = cluster_env.local_device_ids(FLAGS.local_device_ids)
+    if ids is not None:
+        kwargs["local_device_ids"] = ids
     jax.distributed.initialize(**kwargs)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.mode == "compile":
+        from mdm_jax.training import compile_plan
+
+        raise SystemExit(compile_plan.main(FLAGS.config))
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required (train and sample modes)")
     init_distributed()
     import jax
 

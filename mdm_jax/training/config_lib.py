@@ -16,6 +16,7 @@ every experiment shares (Appendix B), so each experiment file states what differ
 * ``mesh``/``sharding``, ``checkpoint``, ``sample`` (sampler options for the interval grids and sample mode).
 * ``stop_check_every_steps``: how often all hosts agree whether any got a SIGTERM/preemption notice (also at
   checkpoint and log steps); see ``training/stop.py`` for the latency/cost trade-off.
+* ``compile``: ``--mode=compile`` options (TPU topology to plan for; see ``compile_options``).
 """
 
 from __future__ import annotations
@@ -109,6 +110,20 @@ def sample(**overrides: Any) -> ConfigDict:
     return cfg
 
 
+def compile_options(**overrides: Any) -> ConfigDict:
+    """``--mode=compile`` (``mdm_jax.training.compile_plan``): compile every phase for a TPU topology, no TPU."""
+    cfg = ConfigDict(dict(
+        topology="",  # libtpu topology name '<chip>:<shape>', e.g. 'v5p:2x2x1', 'v6e:4x4'
+        phases="",  # comma-separated phase names or indices; '' = all
+        mfu=0.4,  # assumed model-FLOPs utilisation for the FLOPs-based step time
+        sampler=True,  # also compile one sampler network evaluation (guidance-doubled rows)
+        hbm_gib=0.0,  # > 0: plan against this much memory per device instead of the chip's HBM
+        output="",  # a path: also write the plans there as JSON
+    ))
+    cfg.update(overrides)
+    return cfg
+
+
 def base_config() -> ConfigDict:
     """Everything but data, model and phases, with Appendix B's defaults."""
     c = ConfigDict()
@@ -136,6 +151,7 @@ def base_config() -> ConfigDict:
     c.sample = sample()
     c.max_steps = -1  # > 0: stop after this global step (tests, preemption drills)
     c.stop_check_every_steps = 10  # hosts agree on SIGTERM/preemption stops every k steps (training/stop.py)
+    c.compile = compile_options()
     return c
 
 

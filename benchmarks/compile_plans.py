@@ -1,0 +1,130 @@
+r"""The README's TPU plan table: every phase of every paper config at its global batch, compiled (compile-only,
+no TPU) for growing v5p and v6e slices until it fits, next to the paper's reported A100 cost (Table 3).
+
+  python benchmarks/compile_plans.py --out /tmp/plans            # all configs, both chips (slow: many compiles)
+  python benchmarks/compile_plans.py --chips v5p --configs imagenet64
+
+Each compile runs ``python -m mdm_jax.main --mode=compile`` in its own process (train step only:
+``--config.compile.sampler=False``) and leaves its JSON in ``--out``; a rerun reuses those files. Phases that are
+the same in several configs (the 64 phase of cc12m_64/256/1024) are compiled once. Needs libtpu
+(``pip install -e '.[tpu]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Slices from small to large: (libtpu topology, Cloud TPU accelerator type).
+SLICES = {
+    "v5p": [("2x2x1", "v5p-8"), ("2x2x2", "v5p-16"), ("2x2x4", "v5p-32"), ("2x4x4", "v5p-64"), ("4x4x4", "v5p-128")],
+    "v6e": [("2x2", "v6e-4"), ("2x4", "v6e-8"), ("4x4", "v6e-16"), ("4x8", "v6e-32"), ("8x8", "v6e-64")],
+}
+# (config, phase) -> the (config, phase) whose compile it shares (same model, batch, data and text encoder).
+SAME = {("imagenet256", "64"): ("imagenet64", "64"), ("cc12m_256", "64"): ("cc12m_64", "64"),
+        ("cc12m_1024", "64"): ("cc12m_64", "64"), ("cc12m_1024", "256"): ("cc12m_256", "256")}
+CONFIG_PHASES = {"imagenet64": ["64"], "imagenet256": ["64", "256"], "cc12m_64": ["64"],
+                 "cc12m_256": ["64", "256"], "cc12m_1024": ["64", "256", "1024"]}
+# Paper Table 3 (all on 4x8 = 32 A100s): samples/GPU, iterations, seconds/iteration; keyed by (config, phase).
+PAPER = {("imagenet64", "64"): ("INet 64", 64, 100_000, 1.01),
+         ("imagenet256", "256"): ("INet 64->256", 32, 375_000, 1.21),
+         ("cc12m_64", "64"): ("CC 64", 64, 500_000, 1.14),
+         ("cc12m_256", "256"): ("CC 64->256", 32, 500_000, 1.38),
+         ("cc12m_1024", "1024"): ("CC 256->1024", 12, 100_000, 1.88)}
+
+
+def compile_one(config: str, phase: str, chip: str, topo: str, out: Path, timeout: int,
+                cached_only: bool = False) -> dict | None:
+    path = out / f"{config}_{phase}_{chip}_{topo}.json"
+    if not path.exists() and cached_only:
+        return None
+    if not path.exists():
+        cmd = [sys.executable, "-m", "mdm_jax.main", "--mode=compile", f"--config=configs/{config}.py",
+               f"--config.compile.phases={phase}", f"--config.compile.topology={chip}:{topo}",
+               "--config.compile.sampler=False", f"--config.compile.output={path}"]
+        t = time.time()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        log = out / f"{config}_{phase}_{chip}_{topo}.log"
+        log.write_text(proc.stdout + "\n" + proc.stderr)
+        print(f"  {config}/{phase} on {chip}:{topo}: exit {proc.returncode} after {time.time() - t:.0f} s ({log})",
+              flush=True)
+        if not path.exists():
+            return None
+    (plan,) = json.loads(path.read_text())
+    return plan
+
+
+def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int,
+                 cached_only: bool = False) -> tuple[dict | None, str]:
+    last = None
+    for topo, name in SLICES[chip]:
+        plan = compile_one(config, phase, chip, topo, out, timeout, cached_only)
+        if plan is None:
+            continue  # e.g. the batch does not divide over the devices
+        last = plan
+        if plan["fits"]:
+            return plan, name
+    return last, "none up to " + SLICES[chip][-1][1]
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f}"
+
+
+def table(rows: list[tuple[str, str, str, dict | None, str]]) -> str:
+    head = ("| config | phase | batch | steps | params | TPU slice (mesh) | GiB/chip: state + temps = total / HBM | "
+            "TFLOP/step/chip | s/step XLA est. | s/step @40% MFU | img/s (XLA / 40%) | days (XLA / 40%) | "
+            "paper, 32 A100 (Table 3) |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for config, phase, chip, p, slice_name in rows:
+        paper = PAPER.get((config, phase))
+        paper_s = "-"
+        if paper:
+            label, per_gpu, iters, sec = paper
+            paper_s = f"{label}: batch {per_gpu * 32}, {iters // 1000}k it x {sec} s = {iters * sec / 86400:.1f} d"
+        if p is None:
+            lines.append(f"| {config} | {phase} | | | | {chip}: no plan | | | | | | | {paper_s} |")
+            continue
+        state = p["params"] + p["opt_state"] + p["ema"] + p["frozen"]
+        mesh = "x".join(str(v) for v in p["mesh"].values())
+        fit = "" if p["fits"] else " DOES NOT FIT"
+        lines.append(
+            f"| {config} | {phase} ({p['resolutions']}) | {p['batch']} | {p['steps'] // 1000}k | "
+            f"{p['num_parameters'] / 1e6:.0f}M | {slice_name} ({mesh}){fit} | {gib(state)} + {gib(p['temporaries'])} = "
+            f"{gib(p['total'])} / {gib(p['hbm'])} | {p['flops'] / 1e12:.2f} | {p['step_seconds']:.3f} | "
+            f"{p['mfu_seconds']:.3f} | {p['images_per_second_xla']:,.0f} / {p['images_per_second_mfu']:,.0f} | "
+            f"{p['days_xla']:.1f} / {p['days_mfu']:.1f} | {paper_s} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="/tmp/mdm_compile_plans", help="folder for the per-compile JSON and logs")
+    ap.add_argument("--chips", nargs="+", default=["v5p", "v6e"], choices=sorted(SLICES))
+    ap.add_argument("--configs", nargs="+", default=list(CONFIG_PHASES), choices=list(CONFIG_PHASES))
+    ap.add_argument("--timeout", type=int, default=7200, help="seconds per compile")
+    ap.add_argument("--cached-only", action="store_true", help="only tabulate the plans already in --out")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, done = [], {}
+    for chip in args.chips:
+        for config in args.configs:
+            for phase in CONFIG_PHASES[config]:
+                key = SAME.get((config, phase), (config, phase))
+                if (key, chip) not in done:
+                    done[key, chip] = smallest_fit(*key, chip, out, args.timeout, args.cached_only)
+                rows.append((config, phase, chip, *done[key, chip]))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -67,6 +67,8 @@ def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int,
     last = None
     for topo, name in SLICES[chip]:
         plan = compile_one(config, phase, chip, topo, out, timeout, cached_only)
+        if plan is None and cached_only:
+            return last, f"not compiled yet from {name} up"
         if plan is None:
             continue  # e.g. the batch does not divide over the devices
         last = plan
@@ -91,11 +93,12 @@ def table(rows: list[tuple[str, str, str, dict | None, str]]) -> str:
             label, per_gpu, iters, sec = paper
             paper_s = f"{label}: batch {per_gpu * 32}, {iters // 1000}k it x {sec} s = {iters * sec / 86400:.1f} d"
         if p is None:
-            lines.append(f"| {config} | {phase} | | | | {chip}: no plan | | | | | | | {paper_s} |")
+            lines.append(f"| {config} | {phase} | | | | {chip}: {slice_name} | | | | | | | {paper_s} |")
             continue
         state = p["params"] + p["opt_state"] + p["ema"] + p["frozen"]
         mesh = "x".join(str(v) for v in p["mesh"].values())
-        fit = "" if p["fits"] else " DOES NOT FIT"
+        fit = "" if p["fits"] else f" DOES NOT FIT; {slice_name}"
+        slice_name = slice_name if p["fits"] else p["topology"]
         lines.append(
             f"| {config} | {phase} ({p['resolutions']}) | {p['batch']} | {p['steps'] // 1000}k | "
             f"{p['num_parameters'] / 1e6:.0f}M | {slice_name} ({mesh}){fit} | {gib(state)} + {gib(p['temporaries'])} = "

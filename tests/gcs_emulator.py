@@ -7,6 +7,14 @@ points every GCS client of the stack at it.
   ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` as a fixed bearer token (so it never looks for real credentials).
 - ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false``: gcsfs otherwise asks the Storage Control gRPC API (which no
   emulator serves) for each bucket's type, warning and falling back on every path.
+
+Gaps of gcp-storage-emulator and what is done about them:
+- object downloads lack the ``x-goog-generation`` header that real GCS sends, and tensorstore fails every read
+  ("Malformed StorageGeneration"): the server is started through this file (``python tests/gcs_emulator.py``),
+  which adds ``x-goog-generation``/``x-goog-metageneration`` to downloads from the object's own metadata;
+- write preconditions (``ifGenerationMatch``) are accepted but not enforced: harmless with one writer per object,
+  which is how Orbax/tensorstore write (one OCDBT database per process);
+- the ``moveTo`` API is missing (501): ``io_paths.move`` copies and deletes instead of calling it.
 """
 
 from __future__ import annotations
@@ -45,8 +53,7 @@ class Emulator:
     def __enter__(self) -> Emulator:
         self.log = open(os.path.join(self.data_dir, "..", "emulator.log"), "wb")  # noqa: SIM115 - closed in exit
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "-d", self.data_dir, "start", "--host", "127.0.0.1",
-             "--port", str(self.port), "--default-bucket", self.bucket, "-q"],
+            [sys.executable, os.path.abspath(__file__), self.data_dir, str(self.port), self.bucket],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -78,3 +85,31 @@ class Emulator:
             token = page.get("nextPageToken", "")
             if not token:
                 return names
+
+
+def serve(data_dir: str, port: int, bucket: str) -> None:
+    """Run gcp-storage-emulator in this process, its downloads carrying the object generation headers."""
+    import logging
+
+    from gcp_storage_emulator.handlers import objects
+
+    original = objects.download
+
+    def download(request, response, storage, *args, **kwargs):  # noqa: ANN001, ANN202 - the emulator's signature
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+        except Exception:  # noqa: BLE001 - a missing object is answered (404) by the original handler
+            pass
+        return original(request, response, storage, *args, **kwargs)
+
+    objects.download = download  # before the server module binds its routes
+    from gcp_storage_emulator.server import create_server
+
+    logging.basicConfig(level=logging.CRITICAL)
+    create_server("127.0.0.1", port, in_memory=False, default_bucket=bucket, data_dir=data_dir).run()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])

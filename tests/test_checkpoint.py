@@ -129,3 +129,31 @@ def test_phase_starts_from_converted_mlmdm_checkpoint(tmp_path):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(c, b)
     assert np.all(np.asarray(state.params["unet"]["in_adapter"]["kernel"]) == 0)  # new, zero-initialised
+
+
+def test_garbled_array_data_is_quarantined_other_failures_are_not(tmp_path, caplog):
+    """Garbled array files (JSON items intact) are found by reading the item and quarantined. A restore that fails
+    for any other reason (here a wrong target shape: every array read fine) moves nothing, raises ResumeError."""
+    import glob
+
+    import pytest
+
+    ck = ckpt_lib.Checkpointer(str(tmp_path / "ckpt"), keep=3, async_save=False)
+    for step in (1, 2):
+        state, ema = _state(float(step))
+        ck.save(step, state=state, ema=ema, config={}, meta={"phase": 0, "phase_name": "p", "step": step})
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0.0))
+    wrong = jax.tree.map(lambda x: jax.ShapeDtypeStruct((7,) + x.shape, x.dtype), abstract)
+    with pytest.raises(ckpt_lib.ResumeError, match="left in place"):
+        ck.restore_latest(lambda s: ck.restore(s, abstract_state=wrong[0], abstract_ema=wrong[1]))
+    assert ck.steps() == [1, 2] and not os.path.exists(str(tmp_path / "ckpt_corrupt"))
+    assert ck.check_files(2, deep=True) is None
+    for f in glob.glob(os.path.join(ck.step_dir(2), "ema", "**", "d", "*"), recursive=True):
+        with open(f, "r+b") as fh:
+            fh.truncate(8)
+    assert "item 'ema'" in ck.check_files(2, deep=True)
+    with caplog.at_level("WARNING"):
+        step, out = ck.restore_latest(lambda s: ck.restore(s, abstract_state=abstract[0], abstract_ema=abstract[1]))
+    assert step == 1 and int(out["state"]["step"]) == 1 and ck.steps() == [1]
+    assert any("unreadable" in r.getMessage() and "item 'ema'" in r.getMessage() for r in caplog.records)
+    ck.close()

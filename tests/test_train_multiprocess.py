@@ -1,9 +1,11 @@
 """Two real processes training one model through jax.distributed (gloo collectives on CPU), as on a pod.
 
-One test, three two-process runs of the tiny demo (phase 1: 4 steps, phase 2 grown out of it: 8 steps):
-an uninterrupted reference; a run where ONE process gets SIGTERM in phase 2 (both must stop at the same step,
-save that step together and exit 0); its restart, which must end with exactly the reference's weights.
-Each process feeds its own half of the global batch and writes its own data-iterator state.
+One test, three two-process runs of ``tests/configs/micro_two_phase.py`` (phase 1: 4 steps, phase 2 grown out
+of it: 8 steps): an uninterrupted reference; a run that starts from the reference's phase-1 checkpoint, grows
+phase 2 and gets SIGTERM on ONE process (both must stop at the same step, save that step together and exit 0);
+its restart, which must end with exactly the reference's weights. Each process feeds its own half of the global
+batch and writes its own data-iterator state. Starting the second run from phase 1's checkpoint (instead of
+step 0) only saves compilation: phase 1 already ran in the reference, and growth still happens in that run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import glob
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,11 +27,9 @@ import numpy as np
 from mdm_jax.training import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL = 12
-# No periodic checkpoints (only phase ends and the stop), a log line (and stop check) every step, no samples.
-OVERRIDES = ["--config.phases[0].steps=4", f"--config.phases[1].steps={TOTAL - 4}", "--config.sample.num_images=0",
-             "--config.checkpoint.every_steps=0", "--config.log_every_steps=1"]
-RUN_TIMEOUT = 600  # per run; ~1/10 of it on an idle 2-core machine
+CONFIG = os.path.join(REPO, "tests", "configs", "micro_two_phase.py")
+TOTAL = 12  # 4 + 8 steps; no periodic checkpoints (phase ends and the stop only), a log line every step
+RUN_TIMEOUT = float(os.environ.get("MDM_TEST_RUN_TIMEOUT", 600))  # per run (generous: shared CI machines)
 
 
 def _free_port() -> int:
@@ -56,9 +57,8 @@ class TwoProcesses:
         self.procs: list[subprocess.Popen] = []
         self.tag, self.t0, self.cpu0 = tag, time.time(), _children_cpu()
         for i in range(2):
-            cmd = [sys.executable, "-m", "mdm_jax.main", f"--config={REPO}/configs/demo.py:tiny",
-                   f"--workdir={workdir}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                   f"--process_id={i}", *OVERRIDES]
+            cmd = [sys.executable, "-m", "mdm_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
+                   f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"]
             with open(self.logs[i], "w") as f:
                 self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT))
 
@@ -123,12 +123,14 @@ def test_sigterm_to_one_of_two_processes_then_resume(tmp_path):
     assert "process 0/2, 1 local / 2 global devices" in logs[0]
     assert "process 1/2, 1 local / 2 global devices" in logs[1]
     assert "unet/inner_unet <- unet" in logs[0]  # phase 2 grew out of phase 1
+    assert sorted(os.listdir(os.path.join(ref_dir, "checkpoints"))) == ["12", "4"]
     # Metrics are global arrays: both processes log the same losses.
     losses = [re.findall(rf"step {TOTAL}/{TOTAL} loss=([0-9.]+)", log) for log in logs]
     assert losses[0] and losses[0] == losses[1]
 
-    # 2. SIGTERM to process 1 only, once phase 2 is running; both stop at one step, save it, exit 0.
+    # 2. From phase 1's end: grow phase 2, SIGTERM to process 1 only; both stop at one step, save it, exit 0.
     workdir = str(tmp_path / "run")
+    shutil.copytree(os.path.join(ref_dir, "checkpoints", "4"), os.path.join(workdir, "checkpoints", "4"))
     run = TwoProcesses(workdir, str(tmp_path), "interrupted")
     try:
         run.wait_for_log(0, rf"\[nested\] step 6/{TOTAL} ", timeout=RUN_TIMEOUT)
@@ -136,6 +138,7 @@ def test_sigterm_to_one_of_two_processes_then_resume(tmp_path):
         logs = run.wait()
     finally:
         run.kill()
+    assert "Resumed from checkpoint" in logs[0] and "unet/inner_unet <- unet" in logs[0]
     assert "Received signal" in logs[1] and "Received signal" not in logs[0]
     stops = [re.findall(r"Stopped at step (\d+) on request", log) for log in logs]
     assert len(stops[0]) == 1 and stops[0] == stops[1], stops

@@ -76,17 +76,33 @@ def _first_line(e: BaseException) -> str:
 
 def read_numpy(item_dir: str, subtree: str | None = None) -> Any:
     """Read (a top-level subtree of) a PyTree item as numpy arrays, whatever devices or topology wrote it."""
-    ckptr = ocp.PyTreeCheckpointer()
-    meta = ckptr.metadata(epath.Path(item_dir))
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    if subtree is not None:
-        tree = {subtree: tree[subtree]}
-    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-    out = ckptr.restore(epath.Path(item_dir), args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=subtree is not None))
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        tree = _tree_metadata(handler, item_dir)
+        if subtree is not None:
+            tree = {subtree: tree[subtree]}
+        target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        out = handler.restore(epath.Path(item_dir), args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=subtree is not None))
+    finally:
+        handler.close()
     return out[subtree] if subtree is not None else out
+
+
+def _tree_metadata(handler: Any, item_dir: str) -> Any:
+    meta = handler.metadata(epath.Path(item_dir))
+    tree = getattr(meta, "item_metadata", meta)
+    return getattr(tree, "tree", tree)
+
+
+def read_tree_metadata(item_dir: str) -> Any:
+    """The shapes/dtypes tree of a PyTree item (reads only its metadata files)."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return _tree_metadata(handler, item_dir)
+    finally:
+        handler.close()
 
 
 def _handlers() -> dict[str, Any]:
@@ -243,7 +259,7 @@ class Checkpointer:
             checks.append(("data", lambda: [json.loads(f.read_text())
                                             for f in epath.Path(d, "data").glob("process_*.json")]))
         for item in ("state", "ema"):
-            checks.append((item, lambda item=item: ocp.PyTreeCheckpointer().metadata(epath.Path(d, item))))
+            checks.append((item, lambda item=item: read_tree_metadata(io_paths.join(d, item))))
             if deep:
                 checks.append((item, lambda item=item: read_numpy(io_paths.join(d, item))))
         for item, check in checks:

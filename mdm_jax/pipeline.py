@@ -3,7 +3,8 @@
     pipe = Pipeline.from_converted("converted_256", t5_dir="flan-t5-xl")
     levels = pipe(["a red panda eating bamboo"], num_steps=100, guidance_weight=7.5)   # uint8, high -> low
 
-Defaults follow ml-mdm's demo: DDIM with eta 0, classifier-free guidance 7.5 against the negative prompt "",
+Defaults follow ml-mdm's demo: DDIM with eta 0, classifier-free guidance 7.5 against the negative prompt ""
+(``guidance_weight`` has ml-mdm's meaning everywhere: p_u + w (p_c - p_u), guided iff w != 1),
 DeepFloyd-style dynamic thresholding (q 0.95, s <= 1.5), ml-mdm's resampled timestep list.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from mdm_jax.data.image_ops import from_model_scale
 from mdm_jax.diffusion import DiffusionSpec, sample
+from mdm_jax.diffusion.sampler import stack_guidance_rows, uses_guidance
 
 
 class TextEncoder(Protocol):
@@ -70,7 +72,8 @@ class Pipeline:
             if labels is None or len(labels) != batch:
                 raise ValueError(f"labels: expected {batch} class ids in [0, {num_classes}) for this model")
             lab = np.asarray(labels, np.int32)
-            cond["labels"] = np.concatenate([np.full_like(lab, num_classes), lab]) if guided else lab
+            cond["labels"] = (stack_guidance_rows({"l": lab}, {"l": np.full_like(lab, num_classes)})["l"] if guided
+                              else lab)
         return cond
 
     def __call__(self, prompts: Sequence[str] | None = None, labels: Sequence[int] | None = None, *,
@@ -81,7 +84,7 @@ class Pipeline:
         batch = len(prompts) if prompts is not None else len(labels or [])
         if batch == 0:
             raise ValueError("prompts/labels: give at least one")
-        guided = guidance_weight is not None and guidance_weight != 1.0
+        guided = uses_guidance(guidance_weight)
         cond = self.conditioning(batch, prompts, labels, negative_prompt, guided)
         res = self.spec.resolution
         out = sample(jax.tree_util.Partial(self._apply_fn, self.params), self.diffusion, cond,

@@ -10,3 +10,30 @@ import jax  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", os.environ.get("MDM_TEST_CACHE", "/tmp/mdm_jax_test_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> pathlib.Path:
+    """ml-mdm's golden fixtures: ``$MDM_PARITY_DIR`` or ``<repo>/../shared/parity``; skips the test if absent."""
+    from mdm_jax.diffusion.parity import parity_dir as find
+
+    path = find()
+    if not (path / "configs.json").exists():
+        pytest.skip(f"no parity fixtures at {path} (set MDM_PARITY_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> str:
+    """A finished run of ``configs/demo.py:tiny`` (two phases, 12 steps, CPU seconds), trained once per session."""
+    from mdm_jax.training import config_lib, train_and_evaluate
+
+    workdir = str(tmp_path_factory.mktemp("demo_run"))
+    train_and_evaluate(config_lib.load(f"{REPO}/configs/demo.py:tiny"), workdir)
+    return workdir

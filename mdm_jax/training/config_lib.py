@@ -85,7 +85,7 @@ def sample(**overrides: Any) -> ConfigDict:
         num_steps=250,
         method="ddim",  # 'ddim' | 'ddpm'
         eta=0.0,
-        guidance_weight=7.5,  # <= 0 or None: no classifier-free guidance
+        guidance_weight=7.5,  # ml-mdm's meaning: p_u + w (p_c - p_u); 1 or None: no guidance (0: unconditional)
         threshold="dynamic_if",  # 'none' | 'clip' | 'dynamic' | 'dynamic_if'
         threshold_quantile=-1.0,  # < 0: the threshold kind's default
         threshold_max=-1.0,
@@ -101,6 +101,15 @@ def sample(**overrides: Any) -> ConfigDict:
     ), type_safe=False)
     cfg.update(overrides)
     return cfg
+
+
+def data(**fields: Any) -> ConfigDict:
+    """``config.data`` with every field of ``mdm_jax.data.default_data_config`` present (the given ones set),
+    so that any data field can be overridden on the command line (``--config.data.data_dir=DIR``) whatever the
+    experiment file spells out; unknown fields raise, naming the field."""
+    from mdm_jax.data.factory import resolve_config
+
+    return resolve_config(fields)
 
 
 def base_config() -> ConfigDict:
@@ -119,7 +128,7 @@ def base_config() -> ConfigDict:
         use_vdm_loss_weights=False,
         downsample="box",
     ))
-    c.data = ConfigDict()
+    c.data = data()
     c.optimizer = optimizer()
     c.phases = []
     c.init = ConfigDict(dict(checkpoint="", phase=0, step=-1))

@@ -24,7 +24,7 @@ from absl import logging
 
 from mdm_jax import data as data_lib
 from mdm_jax.training import checkpoint as ckpt_lib
-from mdm_jax.training import model_fn, partitioning, reporting, sampling, sources
+from mdm_jax.training import model_fn, partitioning, reporting, run_info, sampling, sources
 from mdm_jax.training import phases as phases_lib
 from mdm_jax.training import state as state_lib
 from mdm_jax.training.optimizer import make_optimizer, param_labels
@@ -267,6 +267,8 @@ class Trainer:
 
     # ---- actions -------------------------------------------------------------------------------------------
     def save(self, run: PhaseRun, state: state_lib.TrainState, step: int, with_data: bool = True) -> None:
+        if jax.process_index() == 0:  # what --mode=sample needs besides the weights (tokenizer, class names)
+            run_info.save(self.workdir, run.phase.index, run.info, run.phase.data_config)
         items, ema = state.checkpoint_items()
         meta = {"phase": run.phase.index, "phase_name": run.phase.name, "step": step,
                 "resolutions": list(run.phase.spec.resolutions), "time": time.time()}
@@ -278,17 +280,13 @@ class Trainer:
         """A validation batch (with captions) to condition sample grids on, when the config gives none."""
         if run.phase.index in self._sample_batches:
             return self._sample_batches[run.phase.index]
-        cfg = ml_collections.ConfigDict(run.phase.data_config.to_dict())
-        cfg.keep_captions, cfg.num_workers, cfg.cond_drop_prob = True, 0, 0.0
         n = int(self.config.sample.num_images) * jax.process_count()
-        batch = None
-        for split in ("validation", "test", "train"):
-            try:
-                it, _ = data_lib.create_dataset(cfg, global_batch_size=n, seed=int(self.config.seed), split=split)
-                batch = next(it)
-                break
-            except Exception as e:  # noqa: BLE001 - sources differ in which splits exist
-                logging.info("No %s split for sample conditioning (%s)", split, e)
+        try:
+            _, batch = data_lib.conditioning_batch(run.phase.data_config, global_batch_size=n,
+                                                   seed=int(self.config.seed))
+        except data_lib.MissingDataError as e:
+            logging.info("No split for sample conditioning (%s)", e)
+            batch = None
         self._sample_batches[run.phase.index] = batch
         return batch
 

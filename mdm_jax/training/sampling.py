@@ -1,8 +1,8 @@
 """Sample grids from a phase's model (EMA weights by default), one PNG per resolution level.
 
 Used at an interval during training and by ``--mode=sample`` (``sample_mode.py``). Conditioning comes from the
-config (prompts or labels) or, failing that, from a validation batch (its captions / labels / precomputed text features), and
-classifier-free guidance stacks the unconditional rows first, as the sampler expects.
+config (prompts or labels) or, failing that, from a validation batch (its captions / labels / precomputed text
+features), and classifier-free guidance stacks the unconditional rows first, as the sampler expects.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ r"""CC12M text-to-image 64x64 (MDM-S64): the first phase of the paper's CC12M sc
 Text: frozen FLAN-T5-XL (2048-d) run inside the train step from a local Hugging Face folder, as in ml-mdm;
 captions are tokenized by the data pipeline with the T5 tokenizer (128 tokens). Data: ml-mdm's TSV shards.
 
-  python -m mdm_jax.main --config=configs/cc12m_64.py --workdir=/ckpt/cc12m_64 \
-      --config.data.file_list=/data/cc12m/training.tsv --config.text_encoder.path=models/flan-t5-xl
+  python -m mdm_jax.main --config=configs/cc12m_64.py --workdir=runs/cc12m_64 \
+      --config.data.file_list=data/cc12m/training.tsv --config.text_encoder.path=models/flan-t5-xl
 
 ``runlocal``: tiny stand-in on the procedural captioned shapes with the small trainable text encoder.
 """

@@ -18,8 +18,8 @@ def imagenet_base(runlocal: bool) -> config_lib.ConfigDict:
     if runlocal:
         c.data = config_lib.data(name="procedural_shapes", conditioning="class", cond_drop_prob=0.1)
     else:
-        c.data = config_lib.data(name="imagenet", conditioning="class", cond_drop_prob=0.1, data_dir="data/tensorflow_datasets",
-                                 num_workers=16)
+        c.data = config_lib.data(name="imagenet", conditioning="class", cond_drop_prob=0.1,
+                                 data_dir="data/tensorflow_datasets", num_workers=16)
     c.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1))  # 8 A100s in the paper: data parallel
     c.checkpoint = config_lib.ConfigDict(dict(every_steps=10 if runlocal else 5000, keep=2 if runlocal else 3,
                                               async_save=True))

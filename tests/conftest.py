@@ -15,18 +15,21 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
+from mdm_jax.diffusion.parity import parity_dir as _find_parity  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# ml-mdm's golden fixtures, the one place tests look for them: $MDM_PARITY_DIR or <repo>/../shared/parity.
+PARITY = _find_parity()
+needs_parity = pytest.mark.skipif(not (PARITY / "configs.json").exists(),
+                                  reason=f"no parity fixtures at {PARITY} (set MDM_PARITY_DIR)")
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> pathlib.Path:
     """ml-mdm's golden fixtures: ``$MDM_PARITY_DIR`` or ``<repo>/../shared/parity``; skips the test if absent."""
-    from mdm_jax.diffusion.parity import parity_dir as find
-
-    path = find()
-    if not (path / "configs.json").exists():
-        pytest.skip(f"no parity fixtures at {path} (set MDM_PARITY_DIR)")
-    return path
+    if not (PARITY / "configs.json").exists():
+        pytest.skip(f"no parity fixtures at {PARITY} (set MDM_PARITY_DIR)")
+    return PARITY
 
 
 @pytest.fixture(scope="session")

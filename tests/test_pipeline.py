@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY, needs_parity
 
 from mdm_jax import parity
 from mdm_jax.convert import convert_checkpoint
 from mdm_jax.pipeline import Pipeline
 
-PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-pytestmark = pytest.mark.skipif(not (PARITY / "configs.json").exists(), reason=f"no fixtures at {PARITY}")
+pytestmark = needs_parity
 
 
 class WordEncoder:

@@ -15,7 +15,6 @@ CLIP -> 'clip') and ml-mdm-only fields kept under their own names.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 from collections.abc import Mapping
@@ -422,12 +421,12 @@ def load_config_file(spec: str, *, resolution: int | None = None, phase: int = -
         with open(path) as f:
             return decode_config(json.load(f), str(path), resolution)
     if path.suffix == ".py":
-        module_spec = importlib.util.spec_from_file_location(f"_mdm_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigDecodeError(f"--config {spec}: {path} has no get_config()")
-        cfg = module.get_config(arg) if arg else module.get_config()
+        from mdm_jax.training.config_lib import load
+
+        try:
+            cfg = load(f"{path}:{arg}" if arg else str(path))
+        except ValueError as e:
+            raise ConfigDecodeError(f"--config {spec}: {e}") from e
         if "phases" in cfg and cfg.get("phases"):
             return from_training_config(cfg, spec, phase, resolution)
         return decode_config(cfg, spec, resolution)

@@ -208,27 +208,31 @@ def tiny_architecture(resolutions: Sequence[int], *, cond_dim: int = -1, num_cla
     return cfg
 
 
-def load(spec: str) -> ConfigDict:
-    """``'configs/demo.py:tiny'`` -> that file's ``get_config('tiny')`` (what ``--config=`` does, for scripts/tests)."""
+def _import_file(path: str, name: str) -> Any:
     import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def load(spec: str) -> ConfigDict:
+    """``'configs/demo.py:tiny'`` -> that file's ``get_config('tiny')`` (what ``--config=`` does, for scripts/tests
+    and the converter's ``--config``); the one config-file loader of the project."""
     import os
 
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = _import_file(path, os.path.basename(path)[:-3])
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} has no get_config()")
     return module.get_config(arg) if arg else module.get_config()
 
 
 def sibling(config_file: str, name: str) -> Any:
     """Import ``name``.py from the directory of ``config_file`` (experiment files reuse each other's pieces)."""
-    import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
-    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    return _import_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"), name)

@@ -35,7 +35,10 @@ setup(
         "convert": ["torch>=2.2"],
         "text": ["transformers>=5.0,<6", "sentencepiece>=0.2,<0.3"],
         "data": ["tensorflow-datasets>=4.9.10,<5", "array-record>=0.5"],
-        "dev": ["pytest>=8.0", "ruff>=0.6"],
+        "serve": ["gradio>=5,<7"],  # python -m mdm_jax.serve
+        # nbclient/ipykernel run the notebooks in tests; playwright drives the system Chromium (apt chromium).
+        "dev": ["pytest>=8.0", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                "playwright>=1.45", "gradio>=5,<7"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     },

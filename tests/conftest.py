@@ -37,6 +37,8 @@ def demo_run(tmp_path_factory) -> str:
     """A finished run of ``configs/demo.py:tiny`` (two phases, 12 steps, CPU seconds), trained once per session."""
     from mdm_jax.training import config_lib, train_and_evaluate
 
+    if os.environ.get("MDM_TEST_DEMO_RUN"):  # reuse a finished demo:tiny run (local iteration)
+        return os.environ["MDM_TEST_DEMO_RUN"]
     workdir = str(tmp_path_factory.mktemp("demo_run"))
     train_and_evaluate(config_lib.load(f"{REPO}/configs/demo.py:tiny"), workdir)
     return workdir

@@ -77,24 +77,31 @@ def test_missing_prompts_is_a_clear_error(pipe):
         pipe(None, labels=[1], num_steps=2)
 
 
+def tiny_t5_with_mlmdm_vocab(folder: Path, vocab: bool = True) -> Path:
+    """A local 48-d FLAN-T5-shaped folder (random weights) + a small ml-mdm-format t5.vocab: fits the p2 model."""
+    from test_text_t5 import TINY, T5Config, _hf_state_dict, _init, _write_safetensors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {**TINY, "d_model": 48, "d_kv": 12, "vocab_size": 64, "feed_forward_proj": "gated-gelu"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _write_safetensors(folder / "model.safetensors", _hf_state_dict(_init(T5Config(**cfg))))
+    if vocab:
+        lines = ["<pad>\t0", "</s>\t0", "<unk>\t0", "\u2581\t-2.0", "a\t-4.1", "\u2581chair\t-9.0",
+                 "\u2581a\t-7.0", "\u2581red\t-8.0", "re\t-3.0", "d\t-3.0"]
+        (folder / "t5.vocab").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
 def test_from_converted_tokenizes_as_mlmdm(pipe, tmp_path):
     """A converted text model gets ml-mdm's trie tokenizer over t5.vocab (not SentencePiece), in front of a real
     (tiny, local) T5 encoder, and samples."""
-    from test_text_t5 import TINY, T5Config, _hf_state_dict, _init, _write_safetensors
-
     from mdm_jax.text.tokenizers import MLMDMTrieTokenizer, tokenize_batch
 
     out = Path(pipe.converted_dir)
-    t5 = tmp_path / "t5"
-    t5.mkdir()
-    cfg = {**TINY, "d_model": 48, "d_kv": 12, "vocab_size": 64, "feed_forward_proj": "gated-gelu"}
-    (t5 / "config.json").write_text(json.dumps(cfg))
-    _write_safetensors(t5 / "model.safetensors", _hf_state_dict(_init(T5Config(**cfg))))
+    t5 = tiny_t5_with_mlmdm_vocab(tmp_path / "t5", vocab=False)
     with pytest.raises(FileNotFoundError, match="t5.vocab"):
         Pipeline.from_converted(str(out), t5_dir=str(t5))
-    vocab = ["<pad>\t0", "</s>\t0", "<unk>\t0", "\u2581\t-2.0", "a\t-4.1", "\u2581chair\t-9.0", "\u2581a\t-7.0",
-             "\u2581red\t-8.0", "re\t-3.0", "d\t-3.0"]
-    (t5 / "t5.vocab").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tiny_t5_with_mlmdm_vocab(t5)
     loaded = Pipeline.from_converted(str(out), t5_dir=str(t5))
     tok = loaded.text_encoder.tokenizer
     assert isinstance(tok, MLMDMTrieTokenizer)

@@ -7,6 +7,7 @@ written before that was saved fall back to building the data source once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -38,11 +39,27 @@ def data_info_from_dataset(config: ml_collections.ConfigDict, phase: Phase, num:
                                         f"(<run>/data_info/) and its data set is not readable: {e}") from e
 
 
-def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """Grids from the EMA (or raw) weights of a run's checkpoint; returns the PNG paths."""
-    cfg = config.sample
-    path = cfg.get("checkpoint") or workdir
-    step_dir = sources._step_dir(path, int(cfg.get("step", -1)))
+@dataclasses.dataclass
+class LoadedRun:
+    """A run's phase model with restored weights and what sampling needs to condition it."""
+
+    model: Any
+    phase: Phase
+    params: Any
+    info: Any
+    frozen: Any
+    step: int
+    step_dir: str
+    batch: Any = None  # a validation batch, when the data set had to be read
+
+    def model_fn(self) -> Any:
+        return jax.tree_util.Partial(self.model.apply, self.params, frozen=self.frozen or None)
+
+
+def load_run(config: ml_collections.ConfigDict, path: str, step: int = -1, use_ema: bool = True,
+             num: int = 1) -> LoadedRun:
+    """Restore the (EMA) weights of a run's checkpoint (newest, or ``step``) and its phase model."""
+    step_dir = sources._step_dir(path, step)
     meta = ckpt_lib.read_json_item(step_dir, "meta")
     phases = phases_lib.build_phases(config)
     idx = int(meta["phase"])
@@ -52,7 +69,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
     phase = phases[idx]
     info, batch = run_info.load(run_dir_of(step_dir), idx), None
     if info is None or (info.conditioning == "text" and info.tokenizer is None):
-        info, batch = data_info_from_dataset(config, phase, int(cfg.num_images))
+        info, batch = data_info_from_dataset(config, phase, num)
     mesh = partitioning.make_mesh(config.mesh)
     text, frozen, _ = text_setup(config, info, mesh)
     model = model_fn.build(phase.model_config, dtype=config.model.dtype, text=text)
@@ -62,16 +79,23 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     import orbax.checkpoint as ocp
 
-    item = "ema" if cfg.get("use_ema", True) else "state"
-    if item == "ema":
+    if use_ema:
         params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "ema"), target)
     else:
         params = sources._restore_numpy(os.path.join(step_dir, "state"), subtree="params")
         params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
-    step = int(meta["step"])
-    logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images), item, step_dir,
-                 phase.describe())
-    levels, captions = sampling.generate(model, phase, params, info, cfg, jax.random.key(int(cfg.get("seed", 0))),
-                                         batch, frozen=frozen)
+    return LoadedRun(model, phase, params, info, frozen, int(meta["step"]), step_dir, batch)
+
+
+def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Grids from the EMA (or raw) weights of a run's checkpoint; returns the PNG paths."""
+    cfg = config.sample
+    use_ema = bool(cfg.get("use_ema", True))
+    run = load_run(config, cfg.get("checkpoint") or workdir, int(cfg.get("step", -1)), use_ema,
+                   int(cfg.num_images))
+    logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images),
+                 "ema" if use_ema else "state", run.step_dir, run.phase.describe())
+    levels, captions = sampling.generate(run.model, run.phase, run.params, run.info, cfg,
+                                         jax.random.key(int(cfg.get("seed", 0))), run.batch, frozen=run.frozen)
     out_dir = cfg.get("output_dir") or os.path.join(workdir, "samples", "sample_mode")
-    return sampling.write_grids(levels, captions, phase.spec.resolutions, out_dir, step)
+    return sampling.write_grids(levels, captions, run.phase.spec.resolutions, out_dir, run.step)

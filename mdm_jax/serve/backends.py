@@ -85,7 +85,11 @@ def run_config(path: str, config: str | None = None) -> ml_collections.ConfigDic
         raise FileNotFoundError(f"{path}: no config.json (not a run directory of ours nor a converted checkpoint); "
                                 f"pass --config=configs/<the run's config>.py")
     with open(saved) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        raw = json.load(f)
+    phases = raw.pop("phases", [])
+    cfg = ml_collections.ConfigDict(raw)
+    cfg.phases = [ml_collections.ConfigDict(p, type_safe=False) for p in phases]  # JSON lists hold plain dicts
+    return cfg
 
 
 def run_backend(path: str, config: str | None = None) -> Backend:

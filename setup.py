@@ -35,9 +35,13 @@ setup(
         "convert": ["torch>=2.2"],
         "text": ["transformers>=5.0,<6", "sentencepiece>=0.2,<0.3"],
         "data": ["tensorflow-datasets>=4.9.10,<5", "array-record>=0.5"],
-        "dev": ["pytest>=8.0", "ruff>=0.6", "gcp-storage-emulator>=2024.8"],  # GCS API on localhost for tests
         # gs:// workdirs, checkpoints, data and outputs (etils.epath -> fsspec/gcsfs; Orbax arrays via tensorstore)
         "gcs": ["gcsfs>=2024.2"],
+        "serve": ["gradio>=5,<7"],  # python -m mdm_jax.serve
+        # nbclient/ipykernel run the notebooks in tests; playwright drives the system Chromium (apt chromium);
+        # gcp-storage-emulator serves the GCS API on localhost for the gs:// tests.
+        "dev": ["pytest>=8.0", "ruff>=0.6", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                "playwright>=1.45", "gradio>=5,<7", "gcp-storage-emulator>=2024.8", "gcsfs>=2024.2"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         # libtpu (pinned as jax[tpu]==0.10.2 pins it) also gives --mode=compile its compile-only TPU client on
         # machines without TPUs.

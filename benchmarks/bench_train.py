@@ -33,7 +33,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARITY = "/work/shared/parity/configs.json"
+PARITY = os.path.join(os.environ.get("MDM_PARITY_DIR", os.path.join(REPO, "..", "shared", "parity")), "configs.json")
 SWEEP = {
     "default": "",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
@@ -161,7 +161,8 @@ def main() -> None:
     p.add_argument("--mu_dtype", default="", help="Adam first-moment dtype ('' = float32, 'bfloat16' saves memory)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--parity", default=PARITY)
+    p.add_argument("--parity", default=PARITY,
+                   help="parity fixtures' configs.json (default $MDM_PARITY_DIR or ../shared/parity next to the repo)")
     p.add_argument("--compile_only", action="store_true", help="report XLA's cost and memory analysis only")
     p.add_argument("--cache", default="", help="persistent compilation cache dir ('' = off)")
     p.add_argument("--xla_flags_sweep", nargs="?", const="all", default="",

@@ -2,10 +2,10 @@ r"""CC12M text-to-image 1024x1024 (MDM-S64S256S1024), progressive 64 -> 256 -> 1
 2048 / 1024 / 768, 500k / 500k / 100k steps). The 1024 phase is initialised with the whole trained 256 model as
 its inner part; the 1024 level uses ml-mdm's shifted schedule with power 2 and level weights 16:4:1.
 
-  python -m mdm_jax.main --config=configs/cc12m_1024.py --workdir=/ckpt/cc12m_1024
+  python -m mdm_jax.main --config=configs/cc12m_1024.py --workdir=runs/cc12m_1024
   # start at the 1024 phase from a 256 run, keeping the 256 model frozen for a warm-up period:
-  python -m mdm_jax.main --config=configs/cc12m_1024.py --workdir=/ckpt/c1024 --config.init.phase=2 \
-      --config.init.checkpoint=/ckpt/cc12m_256 --config.phases[2].freeze='("unet/inner_unet",)'
+  python -m mdm_jax.main --config=configs/cc12m_1024.py --workdir=runs/c1024 --config.init.phase=2 \
+      --config.init.checkpoint=runs/cc12m_256 --config.phases[2].freeze='("unet/inner_unet",)'
 """
 
 from mdm_jax.training import config_lib

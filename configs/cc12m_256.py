@@ -1,11 +1,11 @@
 r"""CC12M text-to-image 256x256 (MDM-S64S256), progressive 64 -> 256 (Appendix B: batch 2048 / 1024, 500k steps
 each). The 256 phase nests the trained 64 model (``unet/inner_unet``) and uses mixed-resolution batches ('2:1').
 
-  python -m mdm_jax.main --config=configs/cc12m_256.py --workdir=/ckpt/cc12m_256 \
-      --config.data.file_list=/data/cc12m/training.tsv
+  python -m mdm_jax.main --config=configs/cc12m_256.py --workdir=runs/cc12m_256 \
+      --config.data.file_list=data/cc12m/training.tsv
   # from ml-mdm's released 64 model (python -m mdm_jax.convert --from-mlmdm vis_model_64x64.pth --out /ckpt/m64):
-  python -m mdm_jax.main --config=configs/cc12m_256.py --workdir=/ckpt/cc12m_256 \
-      --config.init.phase=1 --config.init.checkpoint=/ckpt/m64
+  python -m mdm_jax.main --config=configs/cc12m_256.py --workdir=runs/cc12m_256 \
+      --config.init.phase=1 --config.init.checkpoint=runs/m64
 """
 
 from mdm_jax.training import config_lib

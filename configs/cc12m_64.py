@@ -3,15 +3,15 @@ r"""CC12M text-to-image 64x64 (MDM-S64): the first phase of the paper's CC12M sc
 Text: frozen FLAN-T5-XL (2048-d) run inside the train step from a local Hugging Face folder, as in ml-mdm;
 captions are tokenized by the data pipeline with the T5 tokenizer (128 tokens). Data: ml-mdm's TSV shards.
 
-  python -m mdm_jax.main --config=configs/cc12m_64.py --workdir=/ckpt/cc12m_64 \
-      --config.data.file_list=/data/cc12m/training.tsv --config.text_encoder.path=/models/flan-t5-xl
+  python -m mdm_jax.main --config=configs/cc12m_64.py --workdir=runs/cc12m_64 \
+      --config.data.file_list=data/cc12m/training.tsv --config.text_encoder.path=models/flan-t5-xl
 
 ``runlocal``: tiny stand-in on the procedural captioned shapes with the small trainable text encoder.
 """
 
 from mdm_jax.training import config_lib
 
-T5_DIR = "/models/flan-t5-xl"
+T5_DIR = "models/flan-t5-xl"  # relative to the working directory; README says how to fetch it
 
 
 def cc12m_base(runlocal: bool) -> config_lib.ConfigDict:
@@ -19,16 +19,16 @@ def cc12m_base(runlocal: bool) -> config_lib.ConfigDict:
     if runlocal:
         c.text_encoder = config_lib.ConfigDict(dict(kind="small", dim=32, num_layers=1, num_heads=4, mlp_ratio=2))
         c.model.cond_dim = 32
-        c.data = config_lib.ConfigDict(dict(name="procedural_shapes", conditioning="text", cond_drop_prob=0.1,
-                                            text=dict(tokenizer="byte", max_length=40)))
+        c.data = config_lib.data(name="procedural_shapes", conditioning="text", cond_drop_prob=0.1,
+                                 text=dict(tokenizer="byte", max_length=40))
     else:
         c.text_encoder = config_lib.ConfigDict(dict(kind="t5", path=T5_DIR, dtype="bfloat16"))
         c.model.cond_dim = 2048
         c.model.dtype = "bfloat16"  # Appendix B: bf16 mixed precision
-        c.data = config_lib.ConfigDict(dict(
+        c.data = config_lib.data(
             name="image_text_tsv", conditioning="text", file_list="", data_dir="", num_workers=16,
             cond_drop_prob=0.1,  # caption dropout for classifier-free guidance (absent from ml-mdm's open code)
-            text=dict(tokenizer="t5", tokenizer_path=T5_DIR, max_length=128)))
+            text=dict(tokenizer="t5", tokenizer_path=T5_DIR, max_length=128))
     c.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1))  # 32 A100s in the paper; set fsdp>1 to split weights
     c.checkpoint = config_lib.ConfigDict(dict(every_steps=10 if runlocal else 5000, keep=2 if runlocal else 3,
                                               async_save=True))

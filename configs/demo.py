@@ -21,9 +21,9 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     dim = 32 if tiny else 64
     c.text_encoder = config_lib.ConfigDict(dict(dim=dim, num_layers=1 if tiny else 2, num_heads=4, mlp_ratio=2))
     c.model.cond_dim = dim
-    c.data = config_lib.ConfigDict(dict(
+    c.data = config_lib.data(
         name="procedural_shapes", conditioning="text", cond_drop_prob=0.1, num_workers=0,
-        text=dict(tokenizer="byte", max_length=40)))
+        text=dict(tokenizer="byte", max_length=40))
 
     ch = 16 if tiny else 32
     inner = config_lib.tiny_unet(16 if not tiny else 8, [ch, 2 * ch] if tiny else [ch, 2 * ch, 2 * ch],

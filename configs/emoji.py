@@ -2,8 +2,8 @@ r"""Noto emoji, text-to-image, nested 64 <- 32 <- 16 (three levels, factor 2), p
 the small trainable text encoder on the emoji names (byte tokenizer). Prepare the data once:
 
   npm pack emoji-datasource-google@16.0.0 && tar -xzf emoji-datasource-google-16.0.0.tgz
-  python -m mdm_jax.data.prepare_emoji --src package --out /data/emoji
-  python -m mdm_jax.main --config=configs/emoji.py --workdir=/tmp/emoji --config.data.data_dir=/data/emoji
+  python -m mdm_jax.data.prepare_emoji --src package --out data/emoji      # what data_dir reads by default
+  python -m mdm_jax.main --config=configs/emoji.py --workdir=runs/emoji    # or --config.data.data_dir=DIR
 """
 
 from mdm_jax.training import config_lib
@@ -17,12 +17,12 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
                                                 num_heads=4, mlp_ratio=2 if runlocal else 4))
     c.model.cond_dim = dim
     if runlocal:  # the emoji files may be absent: the procedural captions stand in
-        c.data = config_lib.ConfigDict(dict(name="procedural_shapes", conditioning="text", cond_drop_prob=0.1,
-                                            text=dict(tokenizer="byte", max_length=40)))
+        c.data = config_lib.data(name="procedural_shapes", conditioning="text", cond_drop_prob=0.1,
+                                 text=dict(tokenizer="byte", max_length=40))
     else:
-        c.data = config_lib.ConfigDict(dict(name="emoji", data_dir="/data/emoji", conditioning="text",
-                                            cond_drop_prob=0.1, flip=False, num_workers=0,
-                                            text=dict(tokenizer="byte", max_length=64)))
+        c.data = config_lib.data(name="emoji", data_dir="data/emoji", conditioning="text",
+                                 cond_drop_prob=0.1, flip=False, num_workers=0,
+                                 text=dict(tokenizer="byte", max_length=64))
     width = 16 if runlocal else 64
     arch = [[16], [32, 16], [64, 32, 16]]
     steps = (10, 10, 6) if runlocal else (4_000, 4_000, 4_000)

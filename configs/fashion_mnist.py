@@ -13,8 +13,8 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     runlocal = arg == "runlocal"
     c = config_lib.base_config()
     c.model.num_classes = 10
-    c.data = config_lib.ConfigDict(dict(name="fashion_mnist", conditioning="class", cond_drop_prob=0.1,
-                                        fmnist_mode="pad", num_workers=0))
+    c.data = config_lib.data(name="fashion_mnist", conditioning="class", cond_drop_prob=0.1, fmnist_mode="pad",
+                             num_workers=0)
     width = 16 if runlocal else 64
     inner = config_lib.tiny_architecture([16], num_classes=10, width=width)
     nested = config_lib.tiny_architecture([32, 16], num_classes=10, width=width)

@@ -4,10 +4,10 @@ Phase "64" trains the 64x64 UNet (batch 512, 300k steps); phase "256" nests it i
 becomes ``unet/inner_unet``) and trains both with the multi-resolution loss (batch 256, 500k steps), with mixed-
 resolution batches (the 256 level sees 2/3 of each batch: ml-mdm's '2:1').
 
-  python -m mdm_jax.main --config=configs/imagenet256.py --workdir=/ckpt/imagenet256
+  python -m mdm_jax.main --config=configs/imagenet256.py --workdir=runs/imagenet256
   # start at the 256 phase from a finished 64 run (or a converted ml-mdm checkpoint):
-  python -m mdm_jax.main --config=configs/imagenet256.py --workdir=/ckpt/in256 \
-      --config.init.phase=1 --config.init.checkpoint=/ckpt/imagenet64
+  python -m mdm_jax.main --config=configs/imagenet256.py --workdir=runs/in256 \
+      --config.init.phase=1 --config.init.checkpoint=runs/imagenet64
 """
 
 from mdm_jax.training import config_lib

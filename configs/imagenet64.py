@@ -1,7 +1,7 @@
 r"""ImageNet 64x64, class-conditional MDM-S64 (the first phase of the paper's ImageNet schedule, Appendix B).
 
-  python -m mdm_jax.main --config=configs/imagenet64.py --workdir=/ckpt/imagenet64 \
-      --config.data.data_dir=/data/tensorflow_datasets
+  python -m mdm_jax.main --config=configs/imagenet64.py --workdir=runs/imagenet64 \
+      --config.data.data_dir=data/tensorflow_datasets
   python -m mdm_jax.main --config=configs/imagenet64.py:runlocal --workdir=/tmp/in64   # CPU smoke run
 
 ``runlocal``: a tiny stand-in model on the built-in procedural shapes (class labels), a few steps, float32.
@@ -16,10 +16,10 @@ def imagenet_base(runlocal: bool) -> config_lib.ConfigDict:
     c.model.cond_dim = -1
     c.model.dtype = "float32" if runlocal else "bfloat16"  # Appendix B: bf16 mixed precision
     if runlocal:
-        c.data = config_lib.ConfigDict(dict(name="procedural_shapes", conditioning="class", cond_drop_prob=0.1))
+        c.data = config_lib.data(name="procedural_shapes", conditioning="class", cond_drop_prob=0.1)
     else:
-        c.data = config_lib.ConfigDict(dict(name="imagenet", conditioning="class", cond_drop_prob=0.1,
-                                            data_dir="", num_workers=16))
+        c.data = config_lib.data(name="imagenet", conditioning="class", cond_drop_prob=0.1,
+                                 data_dir="data/tensorflow_datasets", num_workers=16)
     c.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1))  # 8 A100s in the paper: data parallel
     c.checkpoint = config_lib.ConfigDict(dict(every_steps=10 if runlocal else 5000, keep=2 if runlocal else 3,
                                               async_save=True))

@@ -36,7 +36,7 @@ class Check:
 
     def line(self) -> str:
         return (f"{'PASS' if self.ok else 'FAIL'}  {self.fixture:<18} {self.array:<46} "
-                f"max_abs_err={self.max_abs_err:.3e}  tol={self.tol:.0e}")
+                f"max_abs_err={self.max_abs_err:.3e}  tol={self.tol:.2e}")
 
 
 def compare(fixture: str, array: str, got: Any, want: np.ndarray, tol: float) -> Check:

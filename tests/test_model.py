@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY, needs_parity
 
 from mdm_jax import parity
 from mdm_jax.models import ConfigError, build_model, spec_from_config
 from mdm_jax.models.architectures import get_architecture
 
-PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-needs_fixtures = pytest.mark.skipif(not (PARITY / "configs.json").exists(), reason=f"no fixtures at {PARITY}")
+needs_fixtures = needs_parity
 
 
 def count_params(cfg, cond_dim: int = 2048) -> int:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import PARITY, needs_parity
 
 from mdm_jax import parity
 from mdm_jax.convert import convert_checkpoint
 from mdm_jax.pipeline import Pipeline
 
-PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
-pytestmark = pytest.mark.skipif(not (PARITY / "configs.json").exists(), reason=f"no fixtures at {PARITY}")
+pytestmark = needs_parity
 
 
 class WordEncoder:
@@ -49,7 +48,9 @@ def pipe(tmp_path_factory):
     from mdm_jax.models import build_model
 
     model_cfg, diff_cfg, params = load_converted(out)
-    return Pipeline(build_model(model_cfg), params, DiffusionSpec.from_config(diff_cfg), WordEncoder())
+    pipe = Pipeline(build_model(model_cfg), params, DiffusionSpec.from_config(diff_cfg), WordEncoder())
+    pipe.converted_dir = str(out)
+    return pipe
 
 
 def test_pipeline_returns_every_level_as_uint8(pipe):
@@ -74,3 +75,38 @@ def test_guidance_and_seed_change_the_images(pipe):
 def test_missing_prompts_is_a_clear_error(pipe):
     with pytest.raises(ValueError, match="prompts: expected 1 captions"):
         pipe(None, labels=[1], num_steps=2)
+
+
+def tiny_t5_with_mlmdm_vocab(folder: Path, vocab: bool = True) -> Path:
+    """A local 48-d FLAN-T5-shaped folder (random weights) + a small ml-mdm-format t5.vocab: fits the p2 model."""
+    from test_text_t5 import TINY, T5Config, _hf_state_dict, _init, _write_safetensors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {**TINY, "d_model": 48, "d_kv": 12, "vocab_size": 64, "feed_forward_proj": "gated-gelu"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    _write_safetensors(folder / "model.safetensors", _hf_state_dict(_init(T5Config(**cfg))))
+    if vocab:
+        lines = ["<pad>\t0", "</s>\t0", "<unk>\t0", "\u2581\t-2.0", "a\t-4.1", "\u2581chair\t-9.0",
+                 "\u2581a\t-7.0", "\u2581red\t-8.0", "re\t-3.0", "d\t-3.0"]
+        (folder / "t5.vocab").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_from_converted_tokenizes_as_mlmdm(pipe, tmp_path):
+    """A converted text model gets ml-mdm's trie tokenizer over t5.vocab (not SentencePiece), in front of a real
+    (tiny, local) T5 encoder, and samples."""
+    from mdm_jax.text.tokenizers import MLMDMTrieTokenizer, tokenize_batch
+
+    out = Path(pipe.converted_dir)
+    t5 = tiny_t5_with_mlmdm_vocab(tmp_path / "t5", vocab=False)
+    with pytest.raises(FileNotFoundError, match="t5.vocab"):
+        Pipeline.from_converted(str(out), t5_dir=str(t5))
+    tiny_t5_with_mlmdm_vocab(t5)
+    loaded = Pipeline.from_converted(str(out), t5_dir=str(t5))
+    tok = loaded.text_encoder.tokenizer
+    assert isinstance(tok, MLMDMTrieTokenizer)
+    assert tok.encode("a chair") == [3, 4, 5]  # min summed -logprob, as ml-mdm's tokenizer segments
+    tokens, mask = tokenize_batch(tok, ["a red chair", ""], 16, pad_to_longest=True)
+    assert tokens[1, :2].tolist() == [3, 1] and mask.sum(1).tolist() == [len(tok.encode("a red chair")) + 1, 2]
+    levels = loaded(["a red chair"], num_steps=2, seed=0)
+    assert [lv.shape for lv in levels] == [(1, 32, 32, 3), (1, 16, 16, 3)]

@@ -163,7 +163,7 @@ def test_nan_loss_stops_the_real_loop(tmp_path, monkeypatch):
         return batch
 
     monkeypatch.setattr(trainer_lib, "_host_batch", poisoned)
-    with pytest.raises(reporting.NonFiniteLossError, match=r"at step 3: level 0 \(8x8\) mse=nan"):
+    with pytest.raises(reporting.NonFiniteLossError, match=r"at step 3-4: level 0 \(8x8\) mse=nan"):
         trainer_lib.train_and_evaluate(cfg, str(tmp_path))
     # Nothing at or after the poisoned step was checkpointed.
     assert not os.path.exists(tmp_path / "checkpoints" / "4")

@@ -120,9 +120,10 @@ def plan(state_dict: dict[str, np.ndarray], shapes: Any) -> tuple[list[tuple[str
     return need, misshaped
 
 
-def _config_for(ckpt: SourceCheckpoint, config: str | None, resolution: int | None) -> DecodedConfig:
+def _config_for(ckpt: SourceCheckpoint, config: str | None, resolution: int | None,
+                phase: int = -1) -> DecodedConfig:
     if config:
-        decoded = load_config_file(config, resolution=resolution)
+        decoded = load_config_file(config, resolution=resolution, phase=phase)
         if ckpt.args is not None:
             decoded.notes.insert(0, f"using --config {config}; the checkpoint's own config ({ckpt.args_source}) "
                                     f"was not used")
@@ -141,7 +142,7 @@ def _write_json_atomic(path: epath.Path, obj: Any) -> None:
 def convert_checkpoint(source: str | Path, out_dir: str | Path, *, config: str | None = None,
                        resolution: int | None = None, strict: bool = True, dtype: str = "float32",
                        stub_classes: Sequence[str] = (), seed: int = 0, overwrite: bool = False,
-                       log: Callable[[str], None] = print) -> ConversionResult:
+                       log: Callable[[str], None] = print, phase: int = -1) -> ConversionResult:
     """Convert one ml-mdm checkpoint into ``out_dir`` (see the module docstring); raises on any problem."""
     from mdm_jax import __version__
     from mdm_jax.diffusion import DiffusionSpec
@@ -154,7 +155,7 @@ def convert_checkpoint(source: str | Path, out_dir: str | Path, *, config: str |
         raise FileExistsError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
 
     ckpt = read_checkpoint(source, stub_classes=stub_classes)
-    decoded = _config_for(ckpt, config, resolution)
+    decoded = _config_for(ckpt, config, resolution, phase)
     notes = ckpt.notes + decoded.notes
     notes += reconcile_with_state_dict(decoded.model, {k: np.shape(v) for k, v in ckpt.state_dict.items()})
     spec = spec_from_config(decoded.model)
@@ -269,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model/diffusion config when the file has none (or to override its args): a JSON file, "
                         "a configs/*.py[:arg] file, or an architecture name (S64, S64S256, ...)")
     p.add_argument("--resolution", type=int, help="outermost input size, when the config does not say")
+    p.add_argument("--phase", type=int, default=-1,
+                   help="with a training --config (configs/*.py with phases): the phase whose model to use "
+                        "(index, default -1: the last)")
     p.add_argument("--no-strict", dest="strict", action="store_false",
                    help="convert despite missing/unexpected/mis-shaped keys; missing leaves get a fresh init and "
                         "are listed")
@@ -286,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         convert_checkpoint(args.from_mlmdm, args.out, config=args.config, resolution=args.resolution,
                            strict=args.strict, dtype=args.dtype, stub_classes=args.stub_class, seed=args.seed,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, phase=args.phase)
     except ConversionError as e:
         print(f"error: {e}\n(nothing written; --no-strict converts anyway and lists what was filled)",
               file=sys.stderr)

@@ -15,7 +15,6 @@ CLIP -> 'clip') and ml-mdm-only fields kept under their own names.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 from collections.abc import Mapping
@@ -388,9 +387,27 @@ def _plain(cfg: Any) -> Any:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
 
 
-def load_config_file(spec: str, *, resolution: int | None = None) -> DecodedConfig:
-    """Configs from ``--config``: a JSON file, one of our ``get_config(arg)`` Python files (``path.py[:arg]``), or
-    an architecture name of ``mdm_jax.models.architectures`` (e.g. ``S64S256``)."""
+def from_training_config(cfg: Any, source: str, phase: int = -1, resolution: int | None = None) -> DecodedConfig:
+    """Model and diffusion config of one phase of a training config (``configs/*.py``; default the last)."""
+    import dataclasses
+
+    from mdm_jax.training import phases as phases_lib
+
+    phases = phases_lib.build_phases(cfg)
+    if not -len(phases) <= phase < len(phases):
+        raise ConfigDecodeError(f"{source}: --phase {phase} out of range; the config has {len(phases)} phases "
+                                f"{[p.name for p in phases]}")
+    ph = phases[phase]
+    diffusion = {f.name: getattr(ph.diffusion, f.name) for f in dataclasses.fields(ph.diffusion)}
+    decoded = decode_config({"model": ph.model_config, "diffusion": diffusion}, source, resolution)
+    decoded.notes.insert(0, f"{source}: training config, phase {ph.index} '{ph.name}' ({ph.describe()})")
+    return decoded
+
+
+def load_config_file(spec: str, *, resolution: int | None = None, phase: int = -1) -> DecodedConfig:
+    """Configs from ``--config``: a JSON file, one of our ``get_config(arg)`` Python files (``path.py[:arg]``; a
+    training config gives phase ``phase``'s model, default its last), or an architecture name of
+    ``mdm_jax.models.architectures`` (e.g. ``S64S256``)."""
     from mdm_jax.models import architectures
 
     if spec in architectures.ARCHITECTURES:
@@ -404,12 +421,14 @@ def load_config_file(spec: str, *, resolution: int | None = None) -> DecodedConf
         with open(path) as f:
             return decode_config(json.load(f), str(path), resolution)
     if path.suffix == ".py":
-        module_spec = importlib.util.spec_from_file_location(f"_mdm_config_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigDecodeError(f"--config {spec}: {path} has no get_config()")
-        cfg = module.get_config(arg) if arg else module.get_config()
+        from mdm_jax.training.config_lib import load
+
+        try:
+            cfg = load(f"{path}:{arg}" if arg else str(path))
+        except ValueError as e:
+            raise ConfigDecodeError(f"--config {spec}: {e}") from e
+        if "phases" in cfg and cfg.get("phases"):
+            return from_training_config(cfg, spec, phase, resolution)
         return decode_config(cfg, spec, resolution)
     raise ConfigDecodeError(f"--config {spec}: expected a .json or .py file")
 

@@ -20,6 +20,7 @@ their data (nothing is ever downloaded at run time; a missing data set raises ``
 from mdm_jax.data.factory import (
     SOURCES,
     build_dataset,
+    conditioning_batch,
     create_dataset,
     create_source,
     default_data_config,
@@ -35,6 +36,7 @@ __all__ = [
     "DataInfo",
     "MissingDataError",
     "build_dataset",
+    "conditioning_batch",
     "create_dataset",
     "create_source",
     "default_data_config",

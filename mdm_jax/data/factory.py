@@ -293,3 +293,36 @@ __all__ = [
     "DataDecodeError", "DataInfo", "MissingDataError", "build_dataset", "create_dataset", "create_source",
     "default_data_config", "resolve_config",
 ]
+
+
+SAMPLE_SPLITS = ("validation", "test", "train")
+
+
+def conditioning_batch(
+    config: ml_collections.ConfigDict | dict, *, global_batch_size: int, seed: int,
+    splits: tuple[str, ...] = SAMPLE_SPLITS,
+) -> tuple[DataInfo, dict[str, Any] | None]:
+    """(DataInfo, first batch) of the first of ``splits`` the source has (held-out splits first), with captions,
+    for conditioning sample grids; the batch is None when that split is empty.
+
+    A split a source lacks raises ``ValueError`` (unknown split) or ``FileNotFoundError`` (no files for it):
+    those move on to the next split; any other error propagates.
+    """
+    cfg = ml_collections.ConfigDict(resolve_config(config).to_dict())
+    cfg.keep_captions, cfg.num_workers, cfg.cond_drop_prob = True, 0, 0.0
+    errors = []
+    for split in splits:
+        try:
+            it, info = create_dataset(cfg, global_batch_size=global_batch_size, seed=seed, split=split)
+        except (ValueError, FileNotFoundError) as e:
+            errors.append(f"{split}: {e}")
+            continue
+        try:
+            return info, next(it)
+        except StopIteration:
+            return info, None
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+    raise MissingDataError(f"data '{cfg.name}': none of the splits {splits} can be read ({'; '.join(errors)})")

@@ -37,6 +37,21 @@ METHODS = ("ddpm", "ddim")
 # ----------------------------------------------------------------------------------------------------------------
 
 
+
+def uses_guidance(weight: Any) -> bool:
+    """ml-mdm's meaning of the guidance weight, used everywhere here: the guided prediction is
+    ``p_u + w (p_c - p_u)``, run iff ``w != 1`` (w = 1 is the conditional model alone, w = 0 the unconditional
+    one); ``None`` means no guidance."""
+    return weight is not None and float(weight) != 1.0
+
+
+def stack_guidance_rows(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> dict[str, Any]:
+    """The 2B-row conditioning the guided sampler expects: ``[uncond x B; cond x B]`` for every key."""
+    if set(cond) != set(uncond):
+        raise ValueError(f"guidance rows: conditional keys {sorted(cond)} != unconditional keys {sorted(uncond)}")
+    return {k: np.concatenate([np.asarray(uncond[k]), np.asarray(cond[k])]) for k in cond}
+
+
 def dynamic_threshold(x0: Array, quantile: Array | float, max_value: Array | float) -> tuple[Array, Array]:
     """Imagen dynamic thresholding per sample: s = clamp(quantile(|x0|, q), 1, max); x0 <- clip(x0, -s, s) / s.
 

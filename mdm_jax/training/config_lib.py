@@ -92,7 +92,7 @@ def sample(**overrides: Any) -> ConfigDict:
         num_steps=250,
         method="ddim",  # 'ddim' | 'ddpm'
         eta=0.0,
-        guidance_weight=7.5,  # <= 0 or None: no classifier-free guidance
+        guidance_weight=7.5,  # ml-mdm's meaning: p_u + w (p_c - p_u); 1 or None: no guidance (0: unconditional)
         threshold="dynamic_if",  # 'none' | 'clip' | 'dynamic' | 'dynamic_if'
         threshold_quantile=-1.0,  # < 0: the threshold kind's default
         threshold_max=-1.0,
@@ -124,6 +124,15 @@ def compile_options(**overrides: Any) -> ConfigDict:
     return cfg
 
 
+def data(**fields: Any) -> ConfigDict:
+    """``config.data`` with every field of ``mdm_jax.data.default_data_config`` present (the given ones set),
+    so that any data field can be overridden on the command line (``--config.data.data_dir=DIR``) whatever the
+    experiment file spells out; unknown fields raise, naming the field."""
+    from mdm_jax.data.factory import resolve_config
+
+    return resolve_config(fields)
+
+
 def base_config() -> ConfigDict:
     """Everything but data, model and phases, with Appendix B's defaults."""
     c = ConfigDict()
@@ -140,7 +149,7 @@ def base_config() -> ConfigDict:
         use_vdm_loss_weights=False,
         downsample="box",
     ))
-    c.data = ConfigDict()
+    c.data = data()
     c.optimizer = optimizer()
     c.phases = []
     c.init = ConfigDict(dict(checkpoint="", phase=0, step=-1))
@@ -222,27 +231,31 @@ def tiny_architecture(resolutions: Sequence[int], *, cond_dim: int = -1, num_cla
     return cfg
 
 
-def load(spec: str) -> ConfigDict:
-    """``'configs/demo.py:tiny'`` -> that file's ``get_config('tiny')`` (what ``--config=`` does, for scripts/tests)."""
+def _import_file(path: str, name: str) -> Any:
     import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{name}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def load(spec: str) -> ConfigDict:
+    """``'configs/demo.py:tiny'`` -> that file's ``get_config('tiny')`` (what ``--config=`` does, for scripts/tests
+    and the converter's ``--config``); the one config-file loader of the project."""
     import os
 
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{os.path.basename(path)[:-3]}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = _import_file(path, os.path.basename(path)[:-3])
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} has no get_config()")
     return module.get_config(arg) if arg else module.get_config()
 
 
 def sibling(config_file: str, name: str) -> Any:
     """Import ``name``.py from the directory of ``config_file`` (experiment files reuse each other's pieces)."""
-    import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
-    module_spec = importlib.util.spec_from_file_location(f"_mdm_cfg_{name}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    return _import_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"), name)

@@ -167,8 +167,9 @@ class NonFiniteLossError(FloatingPointError):
     """Raised when a step's loss is NaN or inf; names the step and the level(s)."""
 
 
-def check_finite(step: int, metrics: Mapping[str, Any], resolutions: Sequence[int]) -> None:
-    """Stop the run at the first non-finite loss, saying at which step and which resolution level broke."""
+def check_finite(step: int | str, metrics: Mapping[str, Any], resolutions: Sequence[int]) -> None:
+    """Stop the run at a non-finite loss, saying at which step (or window of steps, e.g. '5-8', when metrics
+    are summed between host pulls) and which resolution level broke."""
     loss = float(metrics["loss"])
     if math.isfinite(loss):
         return

@@ -1,8 +1,8 @@
 """Sample grids from a phase's model (EMA weights by default), one PNG per resolution level.
 
-Used at an interval during training and by ``--mode=sample``. Conditioning comes from the config (prompts or
-labels) or, failing that, from a validation batch (its captions / labels / precomputed text features), and
-classifier-free guidance stacks the unconditional rows first, as the sampler expects.
+Used at an interval during training and by ``--mode=sample`` (``sample_mode.py``). Conditioning comes from the
+config (prompts or labels) or, failing that, from a validation batch (its captions / labels / precomputed text
+features), and classifier-free guidance stacks the unconditional rows first, as the sampler expects.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def conditioning(info: Any, cfg: ml_collections.ConfigDict, num: int, batch: Map
             labels = (labels + list(range(num)))[:num] if labels else [i % info.num_classes for i in range(num)]
         labels = np.asarray(labels[:num], np.int32)
         names = [info.class_names[i] if info.class_names and i < len(info.class_names) else str(i) for i in labels]
+        cond = {"labels": labels}
         if use_cfg:
-            labels = np.concatenate([np.full((num,), info.null_label, np.int32), labels])
-        return {"labels": labels}, names
+            cond = sampler.stack_guidance_rows(cond, {"labels": np.full((num,), info.null_label, np.int32)})
+        return cond, names
     if kind == "text":
         prompts = list(cfg.get("prompts") or [])
         if info.tokenizer is not None:
@@ -48,9 +49,12 @@ def conditioning(info: Any, cfg: ml_collections.ConfigDict, num: int, batch: Map
                 raise ValueError("sample.prompts is empty and no validation captions are available")
             prompts = [prompts[i % len(prompts)] for i in range(num)]
             negative = str(cfg.get("negative_prompt") or info.null_caption)
-            texts = ([negative] * num if use_cfg else []) + prompts
-            tokens, mask = tok_lib.tokenize_batch(info.tokenizer, texts, info.max_length)
-            return {"tokens": tokens, "lm_mask": mask}, prompts
+            tokens, mask = tok_lib.tokenize_batch(info.tokenizer, prompts, info.max_length)
+            cond = {"tokens": tokens, "lm_mask": mask}
+            if use_cfg:
+                tokens, mask = tok_lib.tokenize_batch(info.tokenizer, [negative] * num, info.max_length)
+                cond = sampler.stack_guidance_rows(cond, {"tokens": tokens, "lm_mask": mask})
+            return cond, prompts
         if batch is None or "lm_outputs" not in batch:
             raise ValueError("precomputed text features: sampling needs a validation batch with lm_outputs")
         feats, mask = np.asarray(batch["lm_outputs"])[:num], np.asarray(batch["lm_mask"])[:num]
@@ -63,7 +67,8 @@ def conditioning(info: Any, cfg: ml_collections.ConfigDict, num: int, batch: Map
                 n = min(len(null), feats.shape[1])
                 uf[:, :n] = np.asarray(null)[:n]
                 um[:, :n] = 1.0
-            feats, mask = np.concatenate([uf, feats]), np.concatenate([um, mask])
+            return sampler.stack_guidance_rows({"lm_outputs": feats, "lm_mask": mask},
+                                               {"lm_outputs": uf, "lm_mask": um}), caps
         return {"lm_outputs": feats, "lm_mask": mask}, caps
     return {}, [""] * num
 
@@ -73,7 +78,7 @@ def generate(model: Model, phase: Phase, params: Any, info: Any, cfg: ml_collect
     """Sample ``cfg.num_images`` images; returns (uint8 NHWC per level high -> low, captions)."""
     num = int(cfg.num_images)
     gw = cfg.get("guidance_weight")
-    use_cfg = gw is not None and float(gw) > 0 and getattr(info, "conditioning", "none") != "none"
+    use_cfg = sampler.uses_guidance(gw) and getattr(info, "conditioning", "none") != "none"
     cond, captions = conditioning(info, cfg, num, batch, use_cfg)
     q, m = float(cfg.get("threshold_quantile", -1)), float(cfg.get("threshold_max", -1))
     top = phase.spec.levels[0]
@@ -103,68 +108,3 @@ def write_grids(levels: list[np.ndarray], captions: list[str], resolutions: tupl
     io_paths.write_text(io_paths.join(out_dir, f"step_{step:08d}_captions.txt"), "\n".join(captions) + "\n")
     logging.info("Wrote sample grids %s", ", ".join(paths))
     return paths
-
-
-def _data_info(config: ml_collections.ConfigDict, phase: Phase, num: int) -> tuple[Any, Any]:
-    """(DataInfo, a validation batch or None); the batch supplies captions/labels/features when none are given."""
-    from mdm_jax import data as data_lib
-
-    cfg = ml_collections.ConfigDict(phase.data_config.to_dict())
-    cfg.keep_captions, cfg.num_workers, cfg.cond_drop_prob = True, 0, 0.0
-    err = None
-    for split in ("validation", "test", "train"):
-        try:
-            it, info = data_lib.create_dataset(cfg, global_batch_size=num * jax.process_count(),
-                                               seed=int(config.seed), split=split)
-            try:
-                return info, next(it)
-            except Exception:  # noqa: BLE001 - info is enough when prompts/labels are given
-                return info, None
-        except Exception as e:  # noqa: BLE001 - sources differ in which splits exist
-            err = e
-    raise RuntimeError(f"sample: cannot build the data info of phase '{phase.name}' (needed for its "
-                       f"tokenizer / labels): {err}")
-
-
-def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """``--mode=sample``: grids from the EMA (or raw) weights of a run's checkpoint; returns the PNG paths."""
-    from mdm_jax.training import checkpoint as ckpt_lib
-    from mdm_jax.training import model_fn, partitioning, sources
-    from mdm_jax.training import phases as phases_lib
-
-    cfg = config.sample
-    path = cfg.get("checkpoint") or workdir
-    step_dir = sources._step_dir(path, int(cfg.get("step", -1)))
-    meta = ckpt_lib.read_json_item(step_dir, "meta")
-    phases = phases_lib.build_phases(config)
-    idx = int(meta["phase"])
-    if idx >= len(phases) or phases[idx].name != meta.get("phase_name"):
-        raise ValueError(f"{step_dir} was written by phase {idx} '{meta.get('phase_name')}', which this config "
-                         f"does not have ({[p.name for p in phases]}); pass the run's config")
-    phase = phases[idx]
-    info, batch = _data_info(config, phase, int(cfg.num_images))
-    from mdm_jax.training.trainer import example_batch, text_setup
-
-    mesh = partitioning.make_mesh(config.mesh)
-    text, frozen, _ = text_setup(config, info, mesh)
-    model = model_fn.build(phase.model_config, dtype=config.model.dtype, text=text)
-    example = example_batch(info, 1)
-    abstract = jax.eval_shape(lambda k: model.init(k, example), jax.random.key(0))
-    shardings = partitioning.tree_shardings(abstract, mesh, int(config.sharding.min_size))
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    import orbax.checkpoint as ocp
-
-    item = "ema" if cfg.get("use_ema", True) else "state"
-    ckptr = ocp.StandardCheckpointer()
-    if item == "ema":
-        params = ckptr.restore(epath.Path(step_dir, "ema"), target)
-    else:
-        params = sources.read_numpy(io_paths.join(step_dir, "state"), subtree="params")
-        params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
-    step = int(meta["step"])
-    logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images), item, step_dir,
-                 phase.describe())
-    levels, captions = generate(model, phase, params, info, cfg, jax.random.key(int(cfg.get("seed", 0))), batch,
-                                frozen=frozen)
-    out_dir = cfg.get("output_dir") or io_paths.join(io_paths.resolve(workdir), "samples", "sample_mode")
-    return write_grids(levels, captions, phase.spec.resolutions, out_dir, step)

@@ -24,7 +24,7 @@ from absl import logging
 from mdm_jax import data as data_lib
 from mdm_jax import io_paths
 from mdm_jax.training import checkpoint as ckpt_lib
-from mdm_jax.training import model_fn, partitioning, reporting, sampling, sources
+from mdm_jax.training import model_fn, partitioning, reporting, run_info, sampling, sources
 from mdm_jax.training import phases as phases_lib
 from mdm_jax.training import state as state_lib
 from mdm_jax.training.optimizer import make_optimizer, param_labels
@@ -247,6 +247,8 @@ class Trainer:
 
     # ---- actions -------------------------------------------------------------------------------------------
     def save(self, run: PhaseRun, state: state_lib.TrainState, step: int, with_data: bool = True) -> None:
+        if jax.process_index() == 0:  # what --mode=sample needs besides the weights (tokenizer, class names)
+            run_info.save(self.workdir, run.phase.index, run.info, run.phase.data_config)
         items, ema = state.checkpoint_items()
         meta = {"phase": run.phase.index, "phase_name": run.phase.name, "step": step,
                 "resolutions": list(run.phase.spec.resolutions), "time": time.time()}
@@ -258,17 +260,13 @@ class Trainer:
         """A validation batch (with captions) to condition sample grids on, when the config gives none."""
         if run.phase.index in self._sample_batches:
             return self._sample_batches[run.phase.index]
-        cfg = ml_collections.ConfigDict(run.phase.data_config.to_dict())
-        cfg.keep_captions, cfg.num_workers, cfg.cond_drop_prob = True, 0, 0.0
         n = int(self.config.sample.num_images) * jax.process_count()
-        batch = None
-        for split in ("validation", "test", "train"):
-            try:
-                it, _ = data_lib.create_dataset(cfg, global_batch_size=n, seed=int(self.config.seed), split=split)
-                batch = next(it)
-                break
-            except Exception as e:  # noqa: BLE001 - sources differ in which splits exist
-                logging.info("No %s split for sample conditioning (%s)", split, e)
+        try:
+            _, batch = data_lib.conditioning_batch(run.phase.data_config, global_batch_size=n,
+                                                   seed=int(self.config.seed))
+        except data_lib.MissingDataError as e:
+            logging.info("No split for sample conditioning (%s)", e)
+            batch = None
         self._sample_batches[run.phase.index] = batch
         return batch
 
@@ -322,25 +320,39 @@ class Trainer:
         sums: dict[str, float] = {}
         count = 0
         pending: tuple[int, Any] | None = None
+        device_sums: Any = None  # metrics summed on device since the last host pull
+        window_start, last_done = step + 1, step
 
-        def drain() -> None:
-            nonlocal pending, sums, count
-            if pending is None:
+        def drain(force: bool = False) -> None:
+            """Add the previous step's metrics to on-device sums; pull those to the host (one transfer) only on
+            log steps and the phase end, or when ``force``d before a checkpoint, sample grid or stop.
+
+            NaN guard: the pulled sums are checked, so a non-finite loss at any step of the window stops the
+            run at the next pull (naming the window's steps), and a state is never checkpointed unchecked.
+            """
+            nonlocal pending, sums, count, device_sums, window_start, last_done
+            if pending is not None:
+                last_done, metrics = pending
+                pending = None
+                device_sums = metrics if device_sums is None else jax.tree.map(
+                    lambda a, b: a + b, device_sums, metrics)
+                self.progress.step_done()
+                count += 1
+            log_step = last_done % every_log == 0 or last_done == end
+            if device_sums is None or not (force or log_step):
                 return
-            done, metrics = pending
-            pending = None
-            host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            reporting.check_finite(done, host, resolutions)
-            self.progress.step_done()
+            host = {k: float(v) for k, v in jax.device_get(device_sums).items()}
+            window = str(last_done) if last_done == window_start else f"{window_start}-{last_done}"
+            reporting.check_finite(window, host, resolutions)
+            device_sums, window_start = None, last_done + 1
             for k, v in host.items():
                 sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            if done % every_log == 0 or done == end:
-                self.log_metrics(done, run, sums, count)
+            if log_step:
+                self.log_metrics(last_done, run, sums, count)
                 sums, count = {}, 0
 
         def stop_here() -> tuple[state_lib.TrainState, bool]:
-            drain()
+            drain(force=True)
             self.save(run, state, step)
             self.ckpt.wait()
             logging.warning("Stopped at step %d on request; checkpoint saved.", step)
@@ -359,21 +371,21 @@ class Trainer:
                 self.compile(run, state, batch)
                 self.progress.resume()
             state, metrics = run.compiled(state, batch, run.frozen)
-            drain()  # fetch the previous step's metrics while this one runs
+            drain()  # add the previous step's metrics while this one runs (pulled on log steps only)
             pending = (step + 1, metrics)
             step += 1
             boundary = step == end
             if (every_ckpt > 0 and step % every_ckpt == 0) and not boundary:
-                drain()  # never checkpoint a state whose loss has not been checked
+                drain(force=True)  # never checkpoint a state whose loss has not been checked
                 self.progress.pause()
                 self.save(run, state, step)
                 self.progress.resume()
             if every_sample > 0 and step % every_sample == 0 and not boundary:
-                drain()
+                drain(force=True)
                 self.progress.pause()
                 self.sample(run, state, step)
                 self.progress.resume()
-        drain()
+        drain(force=True)
         if self.stop.finish(step):  # before the phase-end checkpoint, samples and growth
             return stop_here()
         return state, False

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mdm_jax import io_paths
 from mdm_jax.diffusion import DiffusionSpec
 from mdm_jax.diffusion.progressive import sample_progressively
 from mdm_jax.diffusion.sampler import uses_guidance
@@ -49,11 +49,10 @@ class Backend:
 
 
 def is_converted(path: str) -> bool:
-    cfg = os.path.join(path, "config.json")
-    if not (os.path.isfile(cfg) and os.path.isdir(os.path.join(path, "params"))):
+    cfg = io_paths.join(path, "config.json")
+    if not (io_paths.isfile(cfg) and io_paths.isdir(io_paths.join(path, "params"))):
         return False
-    with open(cfg) as f:
-        return "format" in json.load(f)
+    return "format" in json.loads(io_paths.read_text(cfg))
 
 
 def converted_backend(path: str, t5_dir: str | None = None, tokenizer_path: str = "") -> Backend:
@@ -80,12 +79,11 @@ def run_config(path: str, config: str | None = None) -> ml_collections.ConfigDic
 
     if config:
         return config_lib.load(config)
-    saved = os.path.join(path, "config.json")
-    if not os.path.isfile(saved):
+    saved = io_paths.join(path, "config.json")
+    if not io_paths.isfile(saved):
         raise FileNotFoundError(f"{path}: no config.json (not a run directory of ours nor a converted checkpoint); "
                                 f"pass --config=configs/<the run's config>.py")
-    with open(saved) as f:
-        raw = json.load(f)
+    raw = json.loads(io_paths.read_text(saved))
     phases = raw.pop("phases", [])
     cfg = ml_collections.ConfigDict(raw)
     cfg.phases = [ml_collections.ConfigDict(p, type_safe=False) for p in phases]  # JSON lists hold plain dicts
@@ -113,7 +111,7 @@ def run_backend(path: str, config: str | None = None) -> Backend:
 
 def load_backend(path: str, config: str | None = None, t5_dir: str | None = None,
                  tokenizer_path: str = "") -> Backend:
-    if not os.path.isdir(path):
+    if not io_paths.isdir(path):
         raise FileNotFoundError(f"--workdir {path!r} does not exist")
     if is_converted(path):
         return converted_backend(path, t5_dir, tokenizer_path)

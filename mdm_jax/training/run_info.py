@@ -11,10 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
+from mdm_jax import io_paths
 from mdm_jax.data.pipeline import DataInfo
 from mdm_jax.text import tokenizers as tok_lib
 
@@ -24,51 +23,46 @@ _VOCAB_FILES = ("spiece.model", "t5.vocab", "tokenizer.json", "tokenizer_config.
 
 
 def _path(workdir: str, phase_index: int) -> str:
-    return os.path.join(workdir, "data_info", f"{int(phase_index)}.json")
+    return io_paths.join(workdir, "data_info", f"{int(phase_index)}.json")
 
 
 def _copy_vocabulary(workdir: str, path: str) -> str:
     """Copy a tokenizer file or folder's vocabulary files under ``workdir/tokenizer``; returns the relative path."""
-    dest = os.path.join(workdir, "tokenizer")
-    os.makedirs(dest, exist_ok=True)
-    if os.path.isfile(path):
-        shutil.copy2(path, os.path.join(dest, os.path.basename(path)))
-        return os.path.join("tokenizer", os.path.basename(path))
+    dest = io_paths.join(workdir, "tokenizer")
+    if io_paths.isfile(path):
+        name = os.path.basename(os.fspath(path))
+        io_paths.write_bytes(io_paths.join(dest, name), io_paths.read_bytes(path))
+        return f"tokenizer/{name}"
     for name in _VOCAB_FILES:
-        if os.path.isfile(os.path.join(path, name)):
-            shutil.copy2(os.path.join(path, name), os.path.join(dest, name))
+        if io_paths.isfile(io_paths.join(path, name)):
+            io_paths.write_bytes(io_paths.join(dest, name), io_paths.read_bytes(io_paths.join(path, name)))
     return "tokenizer"
 
 
 def save(workdir: str, phase_index: int, info: DataInfo, data_config: Any) -> str:
     """Write the phase's data info (and tokenizer vocabulary) once; returns the JSON path."""
     out = _path(workdir, phase_index)
-    if os.path.exists(out):
+    if io_paths.exists(out):
         return out
     record = {k: getattr(info, k) for k in _FIELDS}
     record["class_names"] = list(info.class_names) if info.class_names else None
     if info.tokenizer is not None:
         kind, path = str(data_config.text.tokenizer), str(data_config.text.tokenizer_path)
         record["tokenizer"] = {"kind": kind, "path": _copy_vocabulary(workdir, path) if path else ""}
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, out)
+    io_paths.write_text(out, json.dumps(record, indent=1))  # whole-file write: atomic locally and on a store
     return out
 
 
 def load(workdir: str, phase_index: int) -> DataInfo | None:
     """The saved ``DataInfo`` of a phase (tokenizer rebuilt from the copied vocabulary), or None if absent."""
     path = _path(workdir, phase_index)
-    if not os.path.exists(path):
+    if not io_paths.exists(path):
         return None
-    with open(path) as f:
-        record = json.load(f)
+    record = json.loads(io_paths.read_text(path))
     tokenizer = None
     if record.get("tokenizer"):
         tk = record["tokenizer"]
-        vocab = os.path.join(workdir, tk["path"]) if tk["path"] else ""
+        vocab = io_paths.join(workdir, tk["path"]) if tk["path"] else ""
         tokenizer = tok_lib.create_tokenizer(tk["kind"], vocab)
     fields = {k: record.get(k) for k in _FIELDS}
     fields["class_names"] = tuple(fields["class_names"]) if fields["class_names"] else None

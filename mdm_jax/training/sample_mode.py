@@ -16,6 +16,7 @@ import ml_collections
 from absl import logging
 
 from mdm_jax import data as data_lib
+from mdm_jax import io_paths
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import model_fn, partitioning, run_info, sampling, sources
 from mdm_jax.training import phases as phases_lib
@@ -25,8 +26,8 @@ from mdm_jax.training.trainer import example_batch, text_setup
 
 def run_dir_of(step_dir: str) -> str:
     """The run directory holding ``checkpoints/<step>`` (where ``run_info`` lives)."""
-    parent = os.path.dirname(os.path.abspath(step_dir))
-    return os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
+    parent = io_paths.path(io_paths.resolve(step_dir)).parent
+    return os.fspath(parent.parent if parent.name == "checkpoints" else parent)
 
 
 def data_info_from_dataset(config: ml_collections.ConfigDict, phase: Phase, num: int) -> tuple[Any, Any]:
@@ -80,9 +81,9 @@ def load_run(config: ml_collections.ConfigDict, path: str, step: int = -1, use_e
     import orbax.checkpoint as ocp
 
     if use_ema:
-        params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "ema"), target)
+        params = ocp.StandardCheckpointer().restore(io_paths.path(io_paths.join(step_dir, "ema")), target)
     else:
-        params = sources._restore_numpy(os.path.join(step_dir, "state"), subtree="params")
+        params = ckpt_lib.read_numpy(io_paths.join(step_dir, "state"), subtree="params")
         params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
     return LoadedRun(model, phase, params, info, frozen, int(meta["step"]), step_dir, batch)
 
@@ -97,5 +98,5 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
                  "ema" if use_ema else "state", run.step_dir, run.phase.describe())
     levels, captions = sampling.generate(run.model, run.phase, run.params, run.info, cfg,
                                          jax.random.key(int(cfg.get("seed", 0))), run.batch, frozen=run.frozen)
-    out_dir = cfg.get("output_dir") or os.path.join(workdir, "samples", "sample_mode")
+    out_dir = cfg.get("output_dir") or io_paths.join(io_paths.resolve(workdir), "samples", "sample_mode")
     return sampling.write_grids(levels, captions, run.phase.spec.resolutions, out_dir, run.step)

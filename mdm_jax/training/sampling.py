@@ -14,7 +14,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from mdm_jax import io_paths
 from mdm_jax.diffusion import sampler

@@ -15,7 +15,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "train: (resume) training; sample: grids from a checkpoint.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
+                  "train: (resume) training; sample: grids from a checkpoint; eval: metrics of a checkpoint.")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "jax.distributed.initialize(): 'auto' when a cluster environment or --coordinator_address is set.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs without a scheduler).")
@@ -71,6 +72,10 @@ def main(argv: list[str]) -> None:
                  jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
     if FLAGS.mode == "train":
         training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "eval":
+        from mdm_jax.evaluation import run as eval_run
+
+        eval_run.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
     else:
         training.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 

@@ -338,7 +338,7 @@ def load_for_eval(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any,
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """``--mode=eval``: metrics of one checkpoint, JSON in ``<workdir>/eval``, TensorBoard in ``<workdir>/tensorboard``."""
+    """``--mode=eval``: one checkpoint's metrics (JSON in ``<workdir>/eval``, TensorBoard in its tensorboard/)."""
     from mdm_jax.training import reporting
 
     model, phase, params, info, frozen, step = load_for_eval(config, workdir)

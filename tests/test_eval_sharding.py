@@ -14,8 +14,8 @@ import jax, jax.numpy as jnp, numpy as np
 from mdm_jax.evaluation import classifier, features
 m = classifier.SmallCNN(5, 8, 16)
 p = m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
-net = features.FeatureNet("FD_classifier", "t", 16, lambda x: m.apply({"params": p}, x), lambda x: (x - 127.0) / 128.0,
-                          has_logits=True, batch_size=16)
+net = features.FeatureNet("FD_classifier", "t", 16, lambda q, x: m.apply({"params": q}, x),
+                          lambda x: (x - 127.0) / 128.0, params=p, has_logits=True, batch_size=16)
 imgs = np.random.default_rng(0).integers(0, 256, (21, 12, 12, 3)).astype(np.uint8)
 f, lg = net(imgs)
 print(json.dumps({"devices": jax.local_device_count(), "f": f.tolist(), "lg": lg.tolist()}))

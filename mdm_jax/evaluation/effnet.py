@@ -137,9 +137,11 @@ def feature_net(path: str, input_size: int = 224, batch_size: int = 64) -> Any:
     from mdm_jax.evaluation import features
 
     p = load(path)
+    meta = {k: v for k, v in p.items() if k.startswith("meta/")}  # static (numpy): shapes the program
+    arrays = {k: v for k, v in p.items() if not k.startswith("meta/")}
     return features.FeatureNet("FD_effnet", f"effnet-{features.file_digest(path)}-{input_size}", input_size,
-                               lambda x: (apply(p, x)[0], None), lambda x: (x - 127.0) / 128.0,
-                               batch_size=batch_size)
+                               lambda q, x: (apply({**q, **meta}, x)[0], None), lambda x: (x - 127.0) / 128.0,
+                               params=arrays, batch_size=batch_size)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ class FeatureNet:
     prefix: str
     key: str
     input_size: int
-    fn: Callable[[jax.Array], tuple[jax.Array, jax.Array | None]]  # float NHWC at input_size -> (feats, logits)
+    fn: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array | None]]  # (params, NHWC at input_size) -> outputs
     normalize: Callable[[jax.Array], jax.Array]  # uint8-valued float NHWC -> the network's input range
+    params: Any = None  # passed as an argument, not baked into the program as constants
     has_logits: bool = False
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_size: int = 128
@@ -51,11 +52,11 @@ class FeatureNet:
         if self._jitted is None:
             size = self.input_size
 
-            def run(x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+            def run(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
                 x = x.astype(jnp.float32)
                 if x.shape[1] != size or x.shape[2] != size:
                     x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear", antialias=True)
-                return self.fn(self.normalize(x))
+                return self.fn(params, self.normalize(x))
             self._jitted = jax.jit(run)
         feats, logits = [], []
         for i in range(0, len(images), bs):
@@ -63,7 +64,7 @@ class FeatureNet:
             n = len(chunk)
             if n < bs:
                 chunk = np.concatenate([chunk, np.zeros((bs - n, *chunk.shape[1:]), np.uint8)])
-            f, lg = self._jitted(jax.device_put(chunk, sharding))
+            f, lg = self._jitted(self.params, jax.device_put(chunk, sharding))
             feats.append(np.asarray(f, np.float32)[:n])
             if lg is not None:
                 logits.append(np.asarray(lg, np.float32)[:n])
@@ -86,9 +87,8 @@ def classifier_net(path: str) -> FeatureNet:
     module, params, meta = classifier.load(path)
     d = path if os.path.isdir(path) else os.path.dirname(path)
     key = f"classifier-{file_digest(os.path.join(d, 'classifier.npz'))}"
-    return FeatureNet("FD_classifier", key, int(meta["resolution"]),
-                      lambda x: module.apply({"params": params}, x), lambda x: (x - 127.0) / 128.0,
-                      has_logits=True, meta=meta)
+    return FeatureNet("FD_classifier", key, int(meta["resolution"]), lambda p, x: module.apply({"params": p}, x),
+                      lambda x: (x - 127.0) / 128.0, params=params, has_logits=True, meta=meta)
 
 
 def build(kind: str, path: str) -> FeatureNet:

@@ -221,8 +221,8 @@ def feature_net(path: str, batch_size: int = 50) -> Any:
     params = jax.tree.map(jnp.asarray, load_params(path))
     module = FIDInceptionV3()
     return features.FeatureNet("FID", f"inception-{features.file_digest(path)}", 299,
-                               lambda x: (module.apply({"params": params}, x), None), lambda x: x / 255.0,
-                               batch_size=batch_size)
+                               lambda p, x: (module.apply({"params": p}, x), None), lambda x: x / 255.0,
+                               params=params, batch_size=batch_size)
 
 
 def pool3(params: Mapping[str, Any], images01: np.ndarray | jax.Array, resize: bool = True) -> jax.Array:

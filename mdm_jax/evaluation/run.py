@@ -298,7 +298,6 @@ class Evaluator:
                     scalars[f"eval_floor/{res}/{prefix}/{k}"] = s["floor"][k]
                 lines.append(f"  {res} [{prefix} space] " + ", ".join(items))
         logging.info("%s", "\n".join(lines))
-        print("\n".join(lines), flush=True)
         if jax.process_index() != 0:
             return
         os.makedirs(self.out_dir, exist_ok=True)

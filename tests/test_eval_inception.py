@@ -22,6 +22,7 @@ def _random_fid_inception(fid, torch):
         net.Mixed_7c = fid.FIDInceptionE_2(2048)
         return net
 
+    torch.manual_seed(0)
     original = fid.fid_inception_v3
     fid.fid_inception_v3 = no_download
     try:

@@ -18,9 +18,10 @@ from mdm_jax import cluster_env
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "compile"],
-                  "train: (resume) training; sample: grids from a checkpoint; compile: per-chip memory/FLOP plan of "
-                  "every phase for --config.compile.topology (compile-only, needs libtpu, no TPU).")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "compile"],
+                  "train: (resume) training; sample: grids from a checkpoint; eval: metrics of a checkpoint; compile: "
+                  "per-chip memory/FLOP plan of every phase for --config.compile.topology (compile-only, needs "
+                  "libtpu, no TPU).")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "jax.distributed.initialize(): 'auto' when a cluster environment or --coordinator_address is set.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs without a scheduler).")
@@ -87,6 +88,10 @@ def main(argv: list[str]) -> None:
         except ResumeError as e:  # one clear message, every checkpoint left in place
             logging.error("%s", e)
             raise SystemExit(1) from None
+    elif FLAGS.mode == "eval":
+        from mdm_jax.evaluation import run as eval_run
+
+        eval_run.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
     else:
         training.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 

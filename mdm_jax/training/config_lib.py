@@ -158,6 +158,9 @@ def base_config() -> ConfigDict:
     c.checkpoint = ConfigDict(dict(every_steps=5000, keep=3, async_save=True))
     c.log_every_steps = 100
     c.sample = sample()
+    from mdm_jax.evaluation.run import eval_config
+
+    c.eval = eval_config()  # --mode=eval and periodic eval (eval.every_steps > 0)
     c.max_steps = -1  # > 0: stop after this global step (tests, preemption drills)
     c.stop_check_every_steps = 10  # hosts agree on SIGTERM/preemption stops every k steps (training/stop.py)
     c.compile = compile_options()

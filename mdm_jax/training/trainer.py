@@ -192,6 +192,7 @@ class Trainer:
         self.progress: reporting.Progress | None = None
         self._sample_batches: dict[int, Any] = {}
         self._text_cache: dict[str, Any] = {}
+        self._evaluator: Any = None
 
     # ---- starting point ------------------------------------------------------------------------------------
     def _restore(self, step: int) -> tuple[PhaseRun, state_lib.TrainState]:
@@ -290,6 +291,17 @@ class Trainer:
             return
         logging.info("Sampled %d images in %.1fs", len(captions), time.perf_counter() - t0)
 
+    def evaluate(self, run: PhaseRun, state: state_lib.TrainState, step: int) -> None:
+        """Periodic eval (``config.eval``); like sampling, a failure is logged, never fatal."""
+        from mdm_jax.evaluation import run as eval_run
+
+        try:
+            self._evaluator = self._evaluator or eval_run.Evaluator(self.config, self.workdir)
+            params = state.ema if self._evaluator.cfg.use_ema else state.params
+            self._evaluator.evaluate(run.model, run.phase, params, run.info, step, run.frozen, self.writer)
+        except Exception:  # noqa: BLE001 - eval is a by-product; training goes on
+            logging.exception("Eval at step %d failed; training continues.", step)
+
     # ---- the loop ------------------------------------------------------------------------------------------
     def compile(self, run: PhaseRun, state: state_lib.TrainState, batch: Mapping[str, Any]) -> None:
         t0 = time.perf_counter()
@@ -316,6 +328,7 @@ class Trainer:
         every_ckpt = int(cfg.checkpoint.every_steps)
         every_log = max(1, int(cfg.log_every_steps))
         every_sample = int(cfg.sample.get("every_steps", 0))
+        every_eval = int(cfg.get("eval", {}).get("every_steps", 0))
         resolutions = phase.spec.resolutions
         sums: dict[str, float] = {}
         count = 0
@@ -384,6 +397,11 @@ class Trainer:
                 drain(force=True)
                 self.progress.pause()
                 self.sample(run, state, step)
+                self.progress.resume()
+            if every_eval > 0 and step % every_eval == 0:
+                drain(force=True)
+                self.progress.pause()
+                self.evaluate(run, state, step)
                 self.progress.resume()
         drain(force=True)
         if self.stop.finish(step):  # before the phase-end checkpoint, samples and growth

@@ -1,0 +1,1 @@
+"""Sample-quality evaluation: metrics (metrics.py), feature networks, ``--mode=eval`` (run.py)."""

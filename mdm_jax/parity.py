@@ -176,6 +176,11 @@ def run(folder: Path, only: Iterable[str] | None = None) -> list[Check]:
 
         if (folder / "schedules.npz").exists() and (not only or "schedules" in only):
             checks += _rows("schedules.npz", dparity.check_schedules(folder / "schedules.npz"))
+        cases = configs.get("temporal_attention_block_cases")
+        if cases and (folder / "tab.npz").exists() and (not only or "tab" in only):
+            from mdm_jax.parity_blocks import check_temporal_blocks
+
+            checks += check_temporal_blocks(folder / "tab.npz", cases)
         for name, entry in configs["models"].items():
             if only and name not in only:
                 continue
@@ -195,7 +200,7 @@ def run(folder: Path, only: Iterable[str] | None = None) -> list[Check]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mdm_jax.parity", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="fixture folder (configs.json + npz files)")
-    parser.add_argument("--only", nargs="*", help="model names (e.g. p1 p2) and/or 'schedules'")
+    parser.add_argument("--only", nargs="*", help="model names (e.g. p1 p2) and/or 'schedules', 'tab'")
     parser.add_argument("--quiet", action="store_true", help="print failures and the summary only")
     args = parser.parse_args(argv)
     checks = run(args.folder, args.only)

@@ -66,7 +66,7 @@ def check_temporal_blocks(path: Path, cases: dict[str, dict]) -> list:
         block = TemporalAttentionBlock(int(case["channels"]), rope)
         x = jnp.asarray(nchw_to_nhwc(data[f"{prefix}in/x"]))
         clips = int(data[f"{prefix}in/temb"].shape[0])
-        shapes = jax.eval_shape(lambda x: block.init(jax.random.PRNGKey(0), x, clips), x)["params"]
+        shapes = jax.eval_shape(lambda x, b=block, c=clips: b.init(jax.random.PRNGKey(0), x, c), x)["params"]
         sd = {k[len(prefix + "param/"):]: data[k] for k in data.files if k.startswith(prefix + "param/")}
         params = jax.tree.map(jnp.asarray, block_params(sd, shapes, rope))
         with capture_calls({m for m, _, _ in _DEBUG.values()}) as records:

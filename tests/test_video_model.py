@@ -93,7 +93,7 @@ def test_mosaic_frames_round_trip_and_order():
 
 
 def _apply(model, params, xs, t, text, mask):
-    return model.apply({"params": params}, xs, t, text, mask)
+    return jax.jit(model.apply)({"params": params}, xs, t, text, mask)
 
 
 def test_text_cross_attention_inside_a_temporal_level():
@@ -105,7 +105,7 @@ def test_text_cross_attention_inside_a_temporal_level():
     text = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
     mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], jnp.float32)
     t = jnp.asarray([10, 500])
-    params = model.init(jax.random.PRNGKey(1), xs, t, text, mask)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), xs, t, text, mask)["params"]
     assert "kv_cond" in params["down_blocks_1"]["attn_0"]
     # Make the zero-initialised output projections non-zero so text reaches the outputs.
     params = jax.tree_util.tree_map_with_path(
@@ -134,10 +134,10 @@ def test_three_level_nest_and_mixed_batch_rows():
     model = build_model(spec)
     rng = np.random.default_rng(0)
     rows = [1, 2, 2]
-    xs = [jnp.asarray(rng.normal(size=(b, r, r, 3)), jnp.float32) for b, r in zip(rows, spec.resolutions)]
+    xs = [jnp.asarray(rng.normal(size=(b, r, r, 3)), jnp.float32) for b, r in zip(rows, spec.resolutions, strict=True)]
     text = jnp.asarray(rng.normal(size=(2, 3, 16)), jnp.float32)
     mask = jnp.ones((2, 3), jnp.float32)
-    params = model.init(jax.random.PRNGKey(0), xs, jnp.asarray([3, 4]), text, mask)["params"]
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), xs, jnp.asarray([3, 4]), text, mask)["params"]
     out = _apply(model, params, xs, jnp.asarray([3, 4]), text, mask)
     assert [o.shape for o in out] == [x.shape for x in xs]
     assert all(bool(jnp.isfinite(o).all()) for o in out)

@@ -123,7 +123,7 @@ def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tu
     if name in ("moving_shapes", "video_folder"):
         from mdm_jax.data import video
 
-        frames = int(config.frames) if int(config.frames) > 1 else 16
+        frames = int(config.frames)  # 1: single frames (the image phase of progressive video training)
         if name == "moving_shapes":
             src = video.MovingShapesSource(config.resolution, frames, config.num_examples if split == "train"
                                            else max(1, config.num_examples // 10), split, config.procedural_seed)
@@ -233,8 +233,7 @@ def build_dataset(
         null_caption=str(text.null_caption),
         null_embedding=null_embedding,
         keep_captions=bool(config.keep_captions),
-        frames=int(config.frames) if config.name not in ("moving_shapes", "video_folder") else
-        (int(config.frames) if int(config.frames) > 1 else 16),
+        frames=int(config.frames),
     )
     is_train = split == "train"
     num_epochs = config.num_epochs

@@ -35,6 +35,7 @@ setup(
         "convert": ["torch>=2.2"],
         "text": ["transformers>=5.0,<6", "sentencepiece>=0.2,<0.3"],
         "data": ["tensorflow-datasets>=4.9.10,<5", "array-record>=0.5"],
+        "video": ["av>=14"],  # PyAV: decoding video_folder clips, MP4 samples (tested with 18.1)
         "dev": ["pytest>=8.0", "ruff>=0.6"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

@@ -141,3 +141,21 @@ def test_three_level_nest_and_mixed_batch_rows():
     out = _apply(model, params, xs, jnp.asarray([3, 4]), text, mask)
     assert [o.shape for o in out] == [x.shape for x in xs]
     assert all(bool(jnp.isfinite(o).all()) for o in out)
+
+
+@needs_fixtures
+def test_mlmdm_temporal_args_decode_to_our_config():
+    """ml-mdm's args of a temporal model (the fixture's unet_config) decode to a model and diffusion config with
+    the mosaic resolutions and first-frame levels (the converter used to reject temporal checkpoints)."""
+    from mdm_jax.convert.mlmdm_config import decode_args
+    from mdm_jax.diffusion.spec import DiffusionSpec
+
+    entry = json.loads((VIDEO / "configs.json").read_text())["models"]["v1"]
+    args = {"model": "nested_unet", "unet_config": entry["unet_config"],
+            "diffusion_config": entry["diffusion_config"], "reader_config": {"image_size": 32}}
+    decoded = decode_args(args)
+    spec = spec_from_config(decoded.model)
+    assert spec.resolutions == (32, 8) and spec.tiles == (4, 1)
+    assert spec.num_temporal_attention_layers == (1, 1, 1, 1, 0) and spec.temporal_positional_encoding
+    diff = DiffusionSpec.from_config(decoded.diffusion)
+    assert diff.scales == (4, 1) and diff.temporal == (True, False) and diff.frame_tiles == (4, 1)

@@ -110,20 +110,54 @@ def check_unet(fm: FixtureModel, data: Any, entry: dict) -> list[Check]:
     cond = {k: jnp.asarray(data[f"in/{k}"]) for k in ("lm_outputs", "lm_mask", "labels") if f"in/{k}" in data}
     debug = entry["derived"].get("debug_tensors", {})
     with capture_calls({d["module"] for d in debug.values()}) as records:
-        outs = fm.model.apply({"params": fm.params}, xs, jnp.asarray(data["in/t"]), cond.get("lm_outputs"),
-                              cond.get("lm_mask"), cond.get("labels"))
+        outs, state = fm.model.apply({"params": fm.params}, xs, jnp.asarray(data["in/t"]), cond.get("lm_outputs"),
+                                     cond.get("lm_mask"), cond.get("labels"), mutable=["intermediates"])
+    sown = state.get("intermediates", {})
     checks = [compare(fixture, f"out/{i}", o, nchw_to_nhwc(data[f"out/{i}"]), MODEL_TOL) for i, o in enumerate(outs)]
     for key, where in debug.items():
         if key not in data.files:
             continue
-        rec = records.get(where["module"])
-        if rec is None:
+        got = _debug_tensor(where, records, sown)
+        if got is None:
             checks.append(Check(fixture, f"{key} (module {where['module']} not run)", float("inf"), MODEL_TOL))
             continue
-        kind = where["tensor"]
-        got = rec["output"] if kind == "output" else rec["args"][int(kind.rsplit(" ", 1)[-1])]
-        checks.append(compare(fixture, key, got, nchw_to_nhwc(data[key]), MODEL_TOL))
+        ref = data[key] if where["tensor"].startswith("softmax") else nchw_to_nhwc(data[key])  # probs: not images
+        checks.append(compare(fixture, key, got, ref, MODEL_TOL))
     return checks
+
+
+def _sown(sown: dict, module: str, name: str) -> Any:
+    """A value ``self.sow``-n as ``name`` by the module ml-mdm calls ``module`` (``a.0.b`` -> ``a_0/b``)."""
+    node = sown
+    for part in _flax_path(module):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    value = node.get(name) if isinstance(node, dict) else None
+    return None if value is None else value[0]
+
+
+def _flax_path(module: str) -> list[str]:
+    out: list[str] = []
+    for part in module.split("."):
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}_{part}"
+        else:
+            out.append(part)
+    return out
+
+
+def _debug_tensor(where: dict, records: dict, sown: dict) -> Any:
+    """The tensor a ``derived.debug_tensors`` entry names: a module's output or positional input, or a value
+    inside it (attention probabilities) that the module sows."""
+    kind = where["tensor"]
+    if kind.startswith("softmax probabilities"):
+        return _sown(sown, where["module"], "attn_probs")
+    rec = records.get(where["module"])
+    if rec is None:
+        return None
+    if kind == "output":
+        out = rec["output"]
+        return out[0] if isinstance(out, tuple) else out  # blocks called with return_activations
+    return rec["args"][int(kind.rsplit(" ", 1)[-1])]
 
 
 def _rows(fixture: str, rows: Iterable[tuple]) -> list[Check]:
@@ -142,6 +176,11 @@ def run(folder: Path, only: Iterable[str] | None = None) -> list[Check]:
 
         if (folder / "schedules.npz").exists() and (not only or "schedules" in only):
             checks += _rows("schedules.npz", dparity.check_schedules(folder / "schedules.npz"))
+        cases = configs.get("temporal_attention_block_cases")
+        if cases and (folder / "tab.npz").exists() and (not only or "tab" in only):
+            from mdm_jax.parity_blocks import check_temporal_blocks
+
+            checks += check_temporal_blocks(folder / "tab.npz", cases)
         for name, entry in configs["models"].items():
             if only and name not in only:
                 continue
@@ -161,7 +200,7 @@ def run(folder: Path, only: Iterable[str] | None = None) -> list[Check]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mdm_jax.parity", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="fixture folder (configs.json + npz files)")
-    parser.add_argument("--only", nargs="*", help="model names (e.g. p1 p2) and/or 'schedules'")
+    parser.add_argument("--only", nargs="*", help="model names (e.g. p1 p2) and/or 'schedules', 'tab'")
     parser.add_argument("--quiet", action="store_true", help="print failures and the summary only")
     args = parser.parse_args(argv)
     checks = run(args.folder, args.only)

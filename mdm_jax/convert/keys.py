@@ -42,6 +42,8 @@ def to_flax_layout(value: np.ndarray, target_shape: tuple[int, ...], key: str) -
     torch_shape = tuple(value.shape)
     if value.ndim == 4 and len(target_shape) == 4:  # conv OIHW -> HWIO
         value = value.transpose(2, 3, 1, 0)
+    elif value.ndim == 3 and len(target_shape) == 3:  # temporal Conv1d (out, in, k) -> (k, in, out)
+        value = value.transpose(2, 1, 0)
     elif value.ndim == 4 and len(target_shape) == 2:  # 1x1 conv used as a Dense layer
         if value.shape[2:] != (1, 1):
             raise ConversionError(f"{key}: expected a 1x1 convolution, got shape {value.shape}")
@@ -64,6 +66,29 @@ def unused_by_forward(spec: UNetSpec) -> list[str]:
     for depth in range(len(spec.levels) - 1):
         prefixes += [f"{'inner_unet.' * depth}{name}." for name in names]
     return prefixes
+
+
+ROPE_SUFFIX = ".attn.pos_emb.freqs"
+
+
+def rope_buffers(spec: UNetSpec) -> dict[str, np.ndarray]:
+    """ml-mdm's RoPE frequency tensors (``...t_attn.N.attn.pos_emb.freqs``): fixed, not trained, so our model
+    computes them; conversion checks the checkpoint holds the expected values instead of loading them."""
+    from mdm_jax.models.temporal import HEAD_CHANNELS, rope_frequencies
+
+    freqs = np.asarray(rope_frequencies(HEAD_CHANNELS), np.float32)
+    out = {}
+    for depth, level in enumerate(spec.levels):
+        if not level.temporal_positional_encoding:
+            continue
+        prefix = "inner_unet." * depth
+        n = level.num_resolutions
+        for kind, resolutions in (("down", range(n)), ("up", reversed(range(n)))):
+            for block, i in enumerate(resolutions):
+                resnets = level.num_resnets_per_resolution[i] + (kind == "up")
+                for k in range(resnets * level.temporal_attention_layers_at(i)):
+                    out[f"{prefix}{kind}_blocks.{block}.t_attn.{k}{ROPE_SUFFIX}"] = freqs
+    return out
 
 
 @dataclasses.dataclass
@@ -116,6 +141,15 @@ def convert_state_dict(state_dict: Mapping[str, Any], param_shapes: Any, spec: U
             mismatched.append(str(e))
             if path in fill_flat:
                 out[path] = np.asarray(fill_flat[path])
+    for key, want in rope_buffers(spec).items():
+        if key not in remaining:
+            missing.append(key)
+            continue
+        got = np.asarray(remaining.pop(key), np.float32)
+        if got.shape != want.shape or not np.allclose(got, want, rtol=1e-6, atol=0):
+            mismatched.append(f"{key}: RoPE frequencies {got.ravel()[:4]}... differ from 10000^(-2i/32)")
+        else:
+            loaded.append(key)
     unused = sorted(k for k in remaining if any(k.startswith(p) for p in drop))
     unexpected = sorted(k for k in remaining if k not in unused)
     report = ConversionReport(loaded, missing, unexpected, mismatched, unused)

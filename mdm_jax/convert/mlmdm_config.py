@@ -161,10 +161,9 @@ def _decode_unet(cfg: Any, resolution: int, rd: _Reader, where: str) -> ml_colle
     n = len(channels)
     if not n:
         raise ConfigDecodeError(f"{where}resolution_channels: empty")
-    for key in ("temporal_mode", "temporal_spatial_ds"):
-        if get(key):
-            raise ConfigDecodeError(f"{where}{key}: ml-mdm's video (temporal) models are not supported")
-    if get("num_temporal_attention_layers"):
+    temporal_mode, spatial_ds = bool(get("temporal_mode")), bool(get("temporal_spatial_ds"))
+    t_layers = get("num_temporal_attention_layers")
+    if t_layers and not temporal_mode:
         rd.notes.append(f"{where}num_temporal_attention_layers: set but only used by video models; ignored")
     td = get("temporal_dim")
     resnet = _field(cfg, "resnet_config")
@@ -194,6 +193,12 @@ def _decode_unet(cfg: Any, resolution: int, rd: _Reader, where: str) -> ml_colle
     out.resnet_config.num_groups_norm = int(out.resnet_config.num_groups_norm)
     out.resnet_config.dropout = float(out.resnet_config.dropout)
     out.resnet_config.use_attention_ffn = bool(out.resnet_config.use_attention_ffn)
+    if temporal_mode:
+        out.temporal_mode = True
+        out.temporal_spatial_ds = spatial_ds
+        out.temporal_positional_encoding = bool(get("temporal_positional_encoding"))
+        out.num_temporal_attention_layers = [] if spatial_ds else _int_list(
+            t_layers, f"{where}num_temporal_attention_layers")
     if is_nested:
         out.skip_normalization = bool(get("skip_normalization"))
         out.skip_inner_unet_input = bool(get("skip_inner_unet_input"))
@@ -202,11 +207,33 @@ def _decode_unet(cfg: Any, resolution: int, rd: _Reader, where: str) -> ml_colle
         if get("freeze_inner_unet"):
             rd.notes.append(f"{where}freeze_inner_unet: True in ml-mdm's training run (a training choice, not "
                             f"part of the model config)")
-        if resolution % 2 ** (n - 1):
-            raise ConfigDecodeError(f"{where}resolution: {resolution} is not divisible by 2**{n - 1}")
-        out.inner_config = _decode_unet(nested_value, resolution // 2 ** (n - 1), rd, f"{where}inner_config.")
+        ratio = _own_ratio(n, temporal_mode and not spatial_ds)
+        if resolution % ratio:
+            raise ConfigDecodeError(f"{where}resolution: {resolution} is not divisible by {ratio}")
+        out.inner_config = _decode_unet(nested_value, resolution // ratio, rd, f"{where}inner_config.")
     out.num_classes = 0
     return out
+
+
+def video_diffusion_fields(model: ml_collections.ConfigDict) -> dict[str, list]:
+    """DiffusionSpec ``temporal`` / ``frame_tiles`` of a video model config ({} for an image model)."""
+    cfg, video = model, False
+    while cfg is not None:
+        video = video or bool(cfg.get("temporal_mode", False))
+        cfg = _inner(cfg)
+    if not video:
+        return {}
+    from mdm_jax.models.spec import spec_from_config
+
+    fields = spec_from_config(model).diffusion_fields()
+    return {"temporal": list(fields["temporal"]), "frame_tiles": list(fields["frame_tiles"])}
+
+
+def _own_ratio(n: int, temporal: bool) -> int:
+    """Input side of a nested level over its inner level's: 2**(n-1), or its square root for a temporal level
+    (frames halve, the mosaic loses sqrt(2**(n-1)) tiles per side; ml-mdm's ``int(np.sqrt(nest_ratio))``)."""
+    ratio = 2 ** (n - 1)
+    return int(np.sqrt(ratio)) if temporal else ratio
 
 
 def _inner(model: Any) -> Any:
@@ -224,7 +251,8 @@ def level_scales(model: ml_collections.ConfigDict) -> list[int]:
     level downsamples 2**(len(resolution_channels) - 1) times before its inner level."""
     ratios, cfg = [], model
     while _inner(cfg) is not None:
-        ratios.append(2 ** (len(_int_list(cfg.resolution_channels, "resolution_channels")) - 1))
+        temporal = bool(cfg.get("temporal_mode", False)) and not bool(cfg.get("temporal_spatial_ds", False))
+        ratios.append(_own_ratio(len(_int_list(cfg.resolution_channels, "resolution_channels")), temporal))
         cfg = _inner(cfg)
     scales = [1]
     for r in reversed(ratios):
@@ -318,6 +346,7 @@ def decode_args(args: Any, *, resolution: int | None = None, source: str | None 
         notes.append("args.diffusion_config: missing; using ml-mdm's defaults")
         dc = {}
     diffusion = _decode_diffusion(dc, level_scales(model), rd)
+    diffusion.update(video_diffusion_fields(model))
     return DecodedConfig(model, diffusion, notes, model_name, source)
 
 
@@ -410,7 +439,7 @@ def load_config_file(spec: str, *, resolution: int | None = None, phase: int = -
     ``mdm_jax.models.architectures`` (e.g. ``S64S256``)."""
     from mdm_jax.models import architectures
 
-    if spec in architectures.ARCHITECTURES:
+    if spec in architectures.ARCHITECTURES or spec in architectures.VIDEO_ARCHITECTURES:
         return decode_config(architectures.get_architecture(spec), f"architecture {spec}", resolution)
     path_str, _, arg = spec.partition(":") if spec.count(":") == 1 and not Path(spec).exists() else (spec, "", "")
     path = Path(path_str)

@@ -17,7 +17,8 @@ from mdm_jax.text import tokenizers as tok_lib
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("procedural_shapes", "imagenet", "image_text_tsv", "webdataset", "image_folder", "fashion_mnist", "emoji")
+SOURCES = ("procedural_shapes", "imagenet", "image_text_tsv", "webdataset", "image_folder", "fashion_mnist", "emoji",
+           "moving_shapes", "video_folder")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -52,6 +53,10 @@ def default_data_config() -> ml_collections.ConfigDict:
             "caption_template": "",  # class sets used with text conditioning: 'a photo of a {}'
             "fmnist_mode": "pad",  # fashion_mnist 28->32: 'pad' or 'resize'
             "label_field": "category",  # emoji: 'category' (10) or 'subcategory' (99)
+            # video (moving_shapes, video_folder): clips are mosaics of `frames` frames, resolution = mosaic side
+            "frames": 1,  # frames per clip (a square: 4, 16, 64); 1 = images
+            "frame_stride": 4,  # video_folder: take every n-th frame (paper: 4)
+            "frame_start": -1,  # video_folder: first frame; -1 = drawn per video (one clip per video)
             "text": {
                 "tokenizer": "byte",  # 'byte' (built-in) | 't5' (local spiece.model / folder) | 'mlmdm' (t5.vocab)
                 "tokenizer_path": "",
@@ -116,6 +121,18 @@ def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tu
         )
         names = procedural.class_names()
         return src, SourceSpec("text", True, True, len(names), names)
+    if name in ("moving_shapes", "video_folder"):
+        from mdm_jax.data import video
+
+        frames = int(config.frames)  # 1: single frames (the image phase of progressive video training)
+        if name == "moving_shapes":
+            src = video.MovingShapesSource(config.resolution, frames, config.num_examples if split == "train"
+                                           else max(1, config.num_examples // 10), split, config.procedural_seed)
+            names = video.MovingShapesSource.class_names()
+            return src, SourceSpec("text", True, True, len(names), names)
+        src = video.VideoFolderSource(config.data_dir, config.resolution, frames, int(config.frame_stride),
+                                      int(config.frame_start), config.captions_file, config.procedural_seed)
+        return src, SourceSpec("text", False, True)
     if name == "fashion_mnist":
         data_dir = config.data_dir or packaged_sources.FASHION_MNIST_DIR
         src = packaged_sources.FashionMNISTSource(data_dir, split, config.fmnist_mode, config.caption_template)
@@ -225,6 +242,7 @@ def build_dataset(
         null_caption=str(text.null_caption),
         null_embedding=null_embedding,
         keep_captions=bool(config.keep_captions),
+        frames=int(config.frames),
     )
     is_train = split == "train"
     num_epochs = config.num_epochs

@@ -75,6 +75,7 @@ class Preprocess(grain.transforms.RandomMap):
     null_caption: str = ""
     null_embedding: np.ndarray | None = None  # (L, D) for precomputed text embeddings
     keep_captions: bool = False
+    frames: int = 1  # > 1: images are mosaics of video frames (flip each frame, not the mosaic)
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         if CORRUPT_KEY in element:
@@ -88,7 +89,12 @@ class Preprocess(grain.transforms.RandomMap):
             return {CORRUPT_KEY: f"{element.get('key', '?')}: {type(e).__name__}: {e}"}
         out = {}
         if self.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
+            if self.frames > 1:
+                from mdm_jax.data.video import flip_frames
+
+                image = flip_frames(image, self.frames)
+            else:
+                image = image[:, ::-1]
         out["image"] = np.ascontiguousarray(image, dtype=np.uint8)
         drop = self.cond_drop_prob > 0 and rng.random() < self.cond_drop_prob
         if self.conditioning == "class":

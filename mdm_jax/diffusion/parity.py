@@ -178,6 +178,8 @@ def check_sampler_steps(npz: str | os.PathLike | Mapping[str, np.ndarray]) -> li
     d = _load(npz)
     f = {k: jnp.asarray(nchw_to_nhwc(d[k])) for k in d if k.startswith(("step/", "thr/"))}
     rows: list[Row] = []
+    if "step/t" not in d:  # trajectory-only files (the video fixtures): nothing to check here
+        return rows
     table = schedules.gamma_table("deepfloyd")
     rows.append(_row("step/gamma_t", table[d["step/t"]], d["step/gamma_t"], 0.0))
     rows.append(_row("step/gamma_s", table[d["step/s"]], d["step/gamma_s"], 0.0))
@@ -236,8 +238,37 @@ def spec_for_fixture(name_or_entry: str | Mapping[str, Any],
         m = cfg["models"][name_or_entry]
     d = dict(m["diffusion_config"])
     d["nest_ratio"] = m["derived"].get("nest_ratio") or []
+    d.update(_video_fields(m.get("unet_config", {}), len(d["nest_ratio"]) + 1))
     spec = DiffusionSpec.from_config(d)
     return spec if not overrides else DiffusionSpec(**{**_fields(spec), **overrides})
+
+
+def _video_fields(unet_config: Mapping[str, Any], num_levels: int) -> dict[str, tuple]:
+    """``temporal`` / ``frame_tiles`` of a fixture model, from its ml-mdm unet_config (temporal_mode levels)."""
+    flags, cfg = [], unet_config
+    while cfg:
+        flags.append((bool(cfg.get("temporal_mode")), bool(cfg.get("temporal_spatial_ds"))))
+        cfg = cfg.get("inner_config") or None
+    if not any(mode for mode, _ in flags) or len(flags) != num_levels:
+        return {}
+    from mdm_jax.models.spec import spec_from_config
+
+    cfg = dict(unet_config)
+    cfg["resolution"] = _top_side(unet_config)
+    fields = spec_from_config(cfg).diffusion_fields()
+    fields.pop("scales")  # the fixture's nest_ratio gives them
+    return fields
+
+
+def _top_side(unet_config: Mapping[str, Any]) -> int:
+    """A resolution that nests (the fields needed here do not depend on it): product of all level ratios x 2**k."""
+    side, cfg = 1, unet_config
+    while cfg:
+        n = len(cfg["resolution_channels"]) if not isinstance(cfg["resolution_channels"], str) else \
+            len(cfg["resolution_channels"].split(","))
+        side *= 2 ** (n - 1)
+        cfg = cfg.get("inner_config") or None
+    return side * 64
 
 
 def _as_spec(spec: DiffusionSpec | Mapping[str, Any]) -> DiffusionSpec:

@@ -8,6 +8,7 @@ bitwise or ulp-close to PyTorch's): ``x0 = sqrt(g) x_t - sqrt(1-g) v``, ``eps = 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -70,11 +71,45 @@ def level_factors(scales: Sequence[int]) -> tuple[int, ...]:
 
 
 def build_pyramid(images: Array, spec: DiffusionSpec) -> list[Array]:
-    """Targets D^r(x) for every level, high -> low: repeated pooling of the level above by the size ratio."""
+    """Targets D^r(x) for every level, high -> low: repeated pooling of the level above by the size ratio.
+
+    Video (``spec.temporal``): below a temporal level come the frames it keeps, every (ratio**2)-th, starting
+    with the first (first-frame indexing; 16 frames -> frame 0); spatial steps of a mosaic pool each frame.
+    """
     out = [images]
-    for f in level_factors(spec.scales):
-        out.append(downsample(out[-1], f, spec.downsample))
+    for i, f in enumerate(level_factors(spec.scales)):
+        x = out[-1]
+        if spec.temporal and spec.temporal[i]:
+            out.append(first_frames(x, int(spec.scales[i]), f))
+            continue
+        tiles = spec.frame_tiles[i] if spec.frame_tiles else 1
+        if tiles > 1:
+            out.append(_per_frame(lambda v, f=f: downsample(v, f, spec.downsample), x, tiles))
+        else:
+            out.append(downsample(x, f, spec.downsample))
     return out
+
+
+def first_frames(mosaic: Array, tiles: int, ratio: int) -> Array:
+    """Frames 0, r², 2r², ... of a (B, n*h, n*w, C) mosaic of n*n frames (n = ``tiles``, r = ``ratio``), as a
+    mosaic of (n/r)² frames: what a temporal level of tile ratio r hands to the level below."""
+    b, hh, ww, c = mosaic.shape
+    if tiles % ratio or hh % tiles or ww % tiles:
+        raise ValueError(f"first_frames: a {hh}x{ww} mosaic cannot hold {tiles}x{tiles} frames reduced by {ratio}")
+    h, w = hh // tiles, ww // tiles
+    frames = mosaic.reshape(b, tiles, h, tiles, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, tiles * tiles, h, w, c)
+    kept = frames[:, :: ratio * ratio]
+    n = tiles // ratio
+    return kept.reshape(b, n, n, h, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, n * h, n * w, c)
+
+
+def _per_frame(fn: Any, mosaic: Array, tiles: int) -> Array:
+    b, hh, ww, c = mosaic.shape
+    h, w = hh // tiles, ww // tiles
+    frames = mosaic.reshape(b, tiles, h, tiles, w, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+    y = fn(frames)
+    h2, w2 = y.shape[1:3]
+    return y.reshape(b, tiles, tiles, h2, w2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, tiles * h2, tiles * w2, c)
 
 
 def level_shapes(top_shape: Sequence[int], scales: Sequence[int]) -> list[tuple[int, ...]]:

@@ -81,6 +81,11 @@ class DiffusionSpec:
     mixed_ratio: tuple[float, ...] | None = None
     use_vdm_loss_weights: bool = False
     downsample: str = "box"
+    # Video: per level, whether its resolutions step over frames (the level below then holds its first frames,
+    # the paper's first-frame indexing), and the mosaic tiles per side of its input (1 for an image). Empty for
+    # image models.
+    temporal: tuple[bool, ...] = ()
+    frame_tiles: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise spellings first (frozen: use object.__setattr__), then validate.
@@ -102,6 +107,8 @@ class DiffusionSpec:
             norm("multi_res_weights", _parse_ratio_list(mrw, "multi_res_weights"))
         norm("mixed_ratio", _parse_ratio_list(self.mixed_ratio, "mixed_ratio"))
         norm("downsample", str(self.downsample).lower())
+        norm("temporal", tuple(bool(t) for t in (self.temporal or ())))
+        norm("frame_tiles", tuple(int(t) for t in (self.frame_tiles or ())))
         self._validate()
 
     def _validate(self) -> None:
@@ -136,6 +143,16 @@ class DiffusionSpec:
             if len(self.mixed_ratio) != n or any(r <= 0 for r in self.mixed_ratio):
                 raise ValueError(f"mixed_ratio needs {n} positive values (one per level, high -> low), "
                                  f"got {self.mixed_ratio}")
+        for name in ("temporal", "frame_tiles"):
+            value = getattr(self, name)
+            if value and len(value) != n:
+                raise ValueError(f"{name} needs {n} values (one per level, high -> low), got {value}")
+        if self.temporal and self.temporal[-1]:
+            raise ValueError("temporal: the innermost level cannot be temporal (it is the single-frame image level)")
+        for i, is_t in enumerate(self.temporal):
+            if is_t and self.frame_tiles and self.frame_tiles[i] != sc[i]:
+                raise ValueError(f"frame_tiles[{i}]: a temporal level holds scales[{i}]**2 = {sc[i] ** 2} frames "
+                                 f"({sc[i]} tiles per side), got {self.frame_tiles[i]}")
         if self.downsample not in DOWNSAMPLE_TYPES:
             raise ValueError(f"downsample must be one of {DOWNSAMPLE_TYPES}, got {self.downsample!r}")
 

@@ -168,13 +168,27 @@ class ResNetBlock(nn.Module):
     dropout: float = 0.0
     remat: bool = False
     dtype: Dtype = jnp.float32
+    # Video: frames in the batch axis (rows = clips * frames, clips = rows of temb).
+    num_temporal_attention: int = 0
+    rope: bool = False
+    temporal_resample: bool = False  # resample over frames (Conv1d) instead of over pixels
 
     @nn.compact
     def __call__(self, x: Array, temb: Array, skips: list[Array] | None = None, cond: Array | None = None,
                  cond_mask: Array | None = None, deterministic: bool = True,
                  return_activations: bool = False) -> Array | tuple[Array, list[Array]]:
+        from mdm_jax.models import temporal  # temporal builds on this module's layers
+
         resnet_cls = nn.remat(ResNet) if self.remat else ResNet
         attn_cls = nn.remat(SpatialAttention) if self.remat else SpatialAttention
+        tattn_cls = nn.remat(temporal.TemporalAttentionBlock, static_argnums=(2,)) if self.remat else \
+            temporal.TemporalAttentionBlock
+        clips = temb.shape[0]
+        if cond is not None and x.shape[0] > cond.shape[0]:
+            # Per-frame rows: every frame of a clip cross-attends to its clip's text (ml-mdm cannot do this).
+            reps = x.shape[0] // cond.shape[0]
+            cond = jnp.repeat(cond, reps, axis=0)
+            cond_mask = None if cond_mask is None else jnp.repeat(cond_mask, reps, axis=0)
         activations = []
         for i in range(self.num_resnets):
             if skips is not None:
@@ -184,8 +198,15 @@ class ResNetBlock(nn.Module):
             for j in range(self.num_attention):
                 x = attn_cls(self.num_heads, self.cond_dim, self.use_ffn, self.groups, self.dtype,
                              name=f"attn_{i * self.num_attention + j}")(x, cond, cond_mask)
+            for j in range(self.num_temporal_attention):
+                k = i * self.num_temporal_attention + j
+                x = tattn_cls(x.shape[-1], self.rope, self.dtype, name=f"t_attn_{k}")(x, clips)
             activations.append(x)
-        if self.resample == "down":
+        if self.resample and self.temporal_resample:
+            conv = temporal.temporal_resample_conv(self.out_channels, self.resample, self.dtype)
+            x = temporal.temporal_conv(conv, x, clips, self.resample)
+            activations.append(x)
+        elif self.resample == "down":
             x = conv3x3(self.out_channels, self.dtype, "resample", stride=2)(x)
             activations.append(x)
         elif self.resample == "up":

@@ -10,6 +10,11 @@
 
 Mixed-resolution batches: a higher level may carry fewer rows than the level below it (its samples are the first
 rows); the in_adapter output is zero-padded and the out_adapter output sliced to match, as in ml-mdm.
+
+Video levels (``spec.temporal_mode``, see ``temporal.py``): inputs, adapters and the features exchanged with the
+parent are mosaics; conv_in, the down/up paths and the output head run on frames, (B*S*S, h, w, C) with
+S = ``spec.tiles[0]``; the down path hands T*T frames (T = ``spec.tiles[1]``) to the inner level as a mosaic.
+This is ml-mdm's ``temporal_wrapper`` layout, which makes the numbers match for any nesting.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.models.layers import conv3x3
+from mdm_jax.models.temporal import frames_to_mosaic, mosaic_to_frames
 from mdm_jax.models.unet import Conditioning, UNet
 
 Array = jax.Array
@@ -43,12 +49,21 @@ class NestedUNet(UNet):
                      batch: int) -> Conditioning:
         return self.inner_unet.conditioning(lm_outputs, lm_mask, labels, batch)
 
+    @property
+    def _tiles(self) -> tuple[int, int]:
+        return self.spec.tiles if self.spec.temporal_mode else (1, 1)
+
     def input_layer(self, x: Array) -> Array:
-        x = x.astype(self.dtype)
+        s_tiles = self._tiles[0]
+        x = mosaic_to_frames(x.astype(self.dtype), s_tiles)
         if not self.spec.skip_normalization:
-            # Per-sample unbiased std over (H, W, C): the 1024 model's middle level (ml-mdm uses torch.std).
+            # Per-sample (per-frame in video) unbiased std over (H, W, C), as ml-mdm's torch.std.
             x = x / jnp.std(x.astype(jnp.float32), axis=(1, 2, 3), keepdims=True, ddof=1).astype(x.dtype)
-        return self.conv_in(x)
+        return frames_to_mosaic(self.conv_in(x), s_tiles)
+
+    def output_layer(self, x: Array) -> Array:
+        s_tiles = self._tiles[0]
+        return frames_to_mosaic(super().output_layer(mosaic_to_frames(x, s_tiles)), s_tiles)
 
     def denoise(self, xs: Sequence[Array], x_feat: Array | None, t: Array, cond: Conditioning,
                 micros: dict[str, Array] | None, deterministic: bool) -> tuple[list[Array], Array]:
@@ -58,7 +73,9 @@ class NestedUNet(UNet):
         x = self.input_layer(xs[0])
         if x_feat is not None:
             x = x + x_feat
-        x, skips = self.down(x, temb[:bh], rows, deterministic)
+        s_tiles, t_tiles = self._tiles
+        x, skips = self.down(mosaic_to_frames(x, s_tiles), temb[:bh], rows, deterministic)
+        x = frames_to_mosaic(x, t_tiles)
         feat = None
         if not self.spec.skip_inner_unet_input:
             feat = self.in_adapter(x)
@@ -66,5 +83,6 @@ class NestedUNet(UNet):
                 feat = jnp.concatenate([feat, jnp.zeros((bl - bh, *feat.shape[1:]), feat.dtype)], axis=0)
         lows, inner_features = self.inner_unet.denoise(xs[1:], feat, t, cond, micros, deterministic)
         x = x + self.out_adapter(inner_features)[:bh]
-        x = self.up(x, temb[:bh], skips, rows, deterministic)
+        x = self.up(mosaic_to_frames(x, t_tiles), temb[:bh], skips, rows, deterministic)
+        x = frames_to_mosaic(x, s_tiles)
         return [self.output_layer(x), *lows], x

@@ -8,6 +8,7 @@ ml-mdm's ``UNetConfig``/``NestedUNetConfig`` so that a checkpoint's pickled ``ar
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,6 +80,12 @@ class UNetSpec:
     skip_normalization: bool = True
     skip_inner_unet_input: bool = False
     nesting: bool = False  # True when this level sits inside another one.
+    # Video (ml-mdm's temporal mode). A temporal level halves the number of frames per resolution instead of the
+    # spatial size; ``temporal_spatial_ds`` makes it a spatial level run frame by frame. Inputs stay mosaics.
+    temporal_mode: bool = False
+    temporal_spatial_ds: bool = False
+    temporal_positional_encoding: bool = False  # RoPE over frames in the temporal attention blocks
+    num_temporal_attention_layers: tuple[int, ...] = ()
 
     # ---- derived facts -------------------------------------------------------------------------------
     @property
@@ -90,9 +97,46 @@ class UNetSpec:
         return self.inner is not None
 
     @property
+    def is_temporal(self) -> bool:
+        """Resolutions step over frames (16 -> 8 -> ... -> 1) rather than over pixels."""
+        return self.temporal_mode and not self.temporal_spatial_ds
+
+    @property
     def nest_ratio(self) -> int:
-        """Spatial factor between this level's input and its inner level's input."""
-        return 2 ** (self.num_resolutions - 1)
+        """Factor between the side of this level's input (mosaic) and its inner level's input.
+
+        Spatial levels halve the size per resolution; a temporal level halves the frames, 2**(L-1) frames become
+        one, i.e. sqrt(2**(L-1)) mosaic tiles per side (ml-mdm's ``int(np.sqrt(nest_ratio))``).
+        """
+        ratio = 2 ** (self.num_resolutions - 1)
+        return math.isqrt(ratio) if self.is_temporal else ratio
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        """(S, T): mosaic tiles per side of this level's input and of its down path's output (ml-mdm's
+        ``temporal_wrapper``). A temporal level holds S*S frames; a per-frame spatial level keeps T*T frames."""
+        sc = self.scales
+        inner = sc[1] if len(sc) > 1 else 1
+        return (inner, inner) if self.temporal_spatial_ds else (sc[0], inner)
+
+    @property
+    def level_tiles(self) -> tuple[int, ...]:
+        """Mosaic tiles per side of every level's input, high -> low (1: a plain image level)."""
+        return tuple(level.tiles[0] if level.temporal_mode else 1 for level in self.levels)
+
+    def diffusion_fields(self) -> dict[str, tuple]:
+        """What the diffusion process needs from the model: level scales and, for video, temporal levels and
+        tiles (DiffusionSpec ``scales``, ``temporal``, ``frame_tiles``)."""
+        out: dict[str, tuple] = {"scales": tuple(self.scales)}
+        if any(level.temporal_mode for level in self.levels):
+            out["temporal"] = tuple(level.is_temporal for level in self.levels)
+            out["frame_tiles"] = self.level_tiles
+        return out
+
+    def temporal_attention_layers_at(self, level: int) -> int:
+        if not self.is_temporal or not self.num_temporal_attention_layers:
+            return 0
+        return self.num_temporal_attention_layers[level]
 
     @property
     def levels(self) -> list[UNetSpec]:
@@ -193,9 +237,34 @@ def spec_from_config(cfg: Mapping[str, Any], *, resolution: int | None = None,
     if res is None:
         raise ConfigError(f"{path}resolution: required (input size of this level)")
     res = int(res)
-    if res % (2 ** (n - 1)):
-        raise ConfigError(f"{path}resolution: {res} is not divisible by 2**{n - 1} (the level downsamples "
-                          f"{n - 1} times)")
+    temporal_mode = bool(get("temporal_mode", False))
+    spatial_ds = bool(get("temporal_spatial_ds", False))
+    is_temporal = temporal_mode and not spatial_ds
+    t_layers = _ints(get("num_temporal_attention_layers", ()), "num_temporal_attention_layers", path)
+    if temporal_mode and not get("inner_config", None):
+        raise ConfigError(f"{path}temporal_mode: only a nested level (one with an inner_config) can be temporal or "
+                          f"per-frame; the innermost level is the single-frame image UNet")
+    if is_temporal:
+        ratio = _temporal_ratio(n, get("frames", None), path)
+        if len(t_layers) == 1:
+            t_layers = t_layers * n
+        if t_layers and len(t_layers) != n:
+            raise ConfigError(f"{path}num_temporal_attention_layers: expected {n} values (one per "
+                              f"resolution_channels entry), got {list(t_layers)}")
+        for i, c in enumerate(channels):
+            if t_layers and t_layers[i] and c % TEMPORAL_HEAD_CHANNELS:
+                raise ConfigError(f"{path}resolution_channels[{i}]: {c} is not a multiple of "
+                                  f"{TEMPORAL_HEAD_CHANNELS} (temporal attention heads have {TEMPORAL_HEAD_CHANNELS} "
+                                  f"channels)")
+    else:
+        ratio = 2 ** (n - 1)
+        if t_layers and any(t_layers) and not temporal_mode:
+            raise ConfigError(f"{path}num_temporal_attention_layers: {list(t_layers)} set on a level without "
+                              f"temporal_mode")
+        t_layers = ()
+    if res % ratio:
+        what = "tiles per side" if is_temporal else f"2**{n - 1} (the level downsamples {n - 1} times)"
+        raise ConfigError(f"{path}resolution: {res} is not divisible by {ratio} ({what})")
 
     feat = int(get("conditioning_feature_dim", -1) if input_cond_dim is None else input_cond_dim)
     proj = int(get("conditioning_feature_proj_dim", -1))
@@ -213,12 +282,12 @@ def spec_from_config(cfg: Mapping[str, Any], *, resolution: int | None = None,
     is_nested = bool(inner_cfg)
     inner = None
     if is_nested:
-        inner_res = res // 2 ** (n - 1)
+        inner_res = res // ratio
         declared = inner_cfg.get("resolution", None) if hasattr(inner_cfg, "get") else None
         if declared is not None and int(declared) != inner_res:
             raise ConfigError(
                 f"{path}inner_config.resolution: {declared} does not nest inside resolution {res} with "
-                f"{n} resolution_channels (expected {res} / 2**{n - 1} = {inner_res})")
+                f"{n} resolution_channels (expected {res} / {ratio} = {inner_res})")
         inner = spec_from_config(inner_cfg, resolution=inner_res, input_cond_dim=cond_dim,
                                  num_classes=classes, nesting=True, path=f"{path}inner_config.")
         if inner.resolution_channels[0] % groups:
@@ -253,10 +322,51 @@ def spec_from_config(cfg: Mapping[str, Any], *, resolution: int | None = None,
         skip_normalization=bool(get("skip_normalization", True)),
         skip_inner_unet_input=bool(get("skip_inner_unet_input", False)),
         nesting=nesting,
+        temporal_mode=temporal_mode,
+        temporal_spatial_ds=spatial_ds,
+        temporal_positional_encoding=bool(get("temporal_positional_encoding", False)) and is_temporal,
+        num_temporal_attention_layers=t_layers,
     )
+    if temporal_mode:
+        _check_frames(spec, path)
     if spec.num_lm_head_layers and spec.builds_text_conditioning and spec.cond_dim % heads:
         raise ConfigError(f"{path}conditioning_feature_proj_dim: {spec.cond_dim} not divisible by {heads} heads")
     return spec
+
+
+TEMPORAL_HEAD_CHANNELS = 32  # ml-mdm's TemporalAttentionBlock(num_head_channels=32)
+
+
+def _temporal_ratio(n: int, frames: Any, path: str) -> int:
+    """Tiles per side a temporal level removes: its 2**(n-1) frames must form a square mosaic (n odd)."""
+    if n < 2:
+        raise ConfigError(f"{path}resolution_channels: a temporal level needs at least 3 resolutions (frames "
+                          f"halve per resolution down to one frame), got {n}")
+    if frames is not None and int(frames) != 2 ** (n - 1):
+        raise ConfigError(f"{path}frames: {frames} frames need log2({frames}) + 1 resolutions; resolution_channels "
+                          f"has {n} entries (2**{n - 1} = {2 ** (n - 1)} frames)")
+    if (n - 1) % 2:
+        raise ConfigError(f"{path}resolution_channels: a temporal level with {n} resolutions would hold "
+                          f"2**{n - 1} = {2 ** (n - 1)} frames, which is not a square mosaic of tiles; use an odd "
+                          f"number of resolutions (3: 4 frames, 5: 16 frames, 7: 64 frames)")
+    return math.isqrt(2 ** (n - 1))
+
+
+def _check_frames(spec: UNetSpec, path: str) -> None:
+    """Each frame (mosaic tile) must be a whole number of pixels, even where temporal attention halves it."""
+    s_tiles, t_tiles = spec.tiles
+    for tiles, where in ((s_tiles, "input"), (t_tiles, "inner level input")):
+        side = spec.resolution if where == "input" else spec.inner.resolution
+        if side % tiles:
+            raise ConfigError(f"{path}resolution: the {where} side {side} is not divisible into {tiles} mosaic "
+                              f"tiles per side")
+    frame = spec.resolution // s_tiles
+    if spec.is_temporal and any(spec.num_temporal_attention_layers) and frame % 2:
+        raise ConfigError(f"{path}resolution: frames of {frame}x{frame} pixels; temporal attention blocks need an "
+                          f"even frame size (stride-2 conv then x2 upsampling)")
+    if spec.temporal_spatial_ds and frame % 2 ** (spec.num_resolutions - 1):
+        raise ConfigError(f"{path}resolution: per-frame level with frames of {frame} pixels cannot downsample "
+                          f"{spec.num_resolutions - 1} times")
 
 
 def expected_input_shapes(spec: UNetSpec, batch: int) -> list[tuple[int, int, int, int]]:

@@ -58,13 +58,15 @@ class UNet(nn.Module):
             self.label_emb = nn.Embed(s.num_classes + 1, td, embedding_init=nn.initializers.normal(0.02))
 
         block = dict(num_heads=s.num_heads, groups=s.num_groups_norm, dropout=s.dropout, remat=self.remat,
-                     dtype=self.dtype, use_ffn=s.use_attention_ffn)
+                     dtype=self.dtype, use_ffn=s.use_attention_ffn, rope=s.temporal_positional_encoding,
+                     temporal_resample=s.is_temporal)
         n = s.num_resolutions
         down = []
         for i, ch in enumerate(s.resolution_channels):
             layers = s.attention_layers_at(i)
             down.append(ResNetBlock(ch, s.num_resnets_per_resolution[i], layers, "down" if i < n - 1 else None,
-                                    s.cond_dim if i in s.attention_levels else -1, **block))
+                                    s.cond_dim if i in s.attention_levels else -1,
+                                    num_temporal_attention=s.temporal_attention_layers_at(i), **block))
         self.down_blocks = down
         if not s.skip_mid_blocks and not s.is_nested:  # a nested level never runs its mid blocks (ml-mdm)
             ch = s.resolution_channels[-1]
@@ -74,7 +76,8 @@ class UNet(nn.Module):
         for i in reversed(range(n)):
             layers = s.attention_layers_at(i)
             up.append(ResNetBlock(s.resolution_channels[i], s.num_resnets_per_resolution[i] + 1, layers,
-                                  "up" if i > 0 else None, s.cond_dim if i in s.attention_levels else -1, **block))
+                                  "up" if i > 0 else None, s.cond_dim if i in s.attention_levels else -1,
+                                  num_temporal_attention=s.temporal_attention_layers_at(i), **block))
         self.up_blocks = up
         self.norm_out = group_norm(s.num_groups_norm, self.dtype, None)
         self.conv_out = conv3x3(s.output_channels, self.dtype, None, kernel_init=nn.initializers.zeros)

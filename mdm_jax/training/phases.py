@@ -78,7 +78,7 @@ def diffusion_spec_for(config: ml_collections.ConfigDict, phase_cfg: ml_collecti
     d = config.diffusion.to_dict()
     if phase_cfg.get("diffusion"):
         d.update(phase_cfg.diffusion.to_dict())
-    d["scales"] = tuple(spec.scales)
+    d.update(spec.diffusion_fields())  # scales (+ temporal levels and frame tiles for video)
     d["multi_res_weights"] = phase_cfg.get("multi_res_weights")
     d["mixed_ratio"] = phase_cfg.get("mixed_ratio")
     return DiffusionSpec.from_config(d)

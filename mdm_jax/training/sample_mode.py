@@ -99,4 +99,5 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
     levels, captions = sampling.generate(run.model, run.phase, run.params, run.info, cfg,
                                          jax.random.key(int(cfg.get("seed", 0))), run.batch, frozen=run.frozen)
     out_dir = cfg.get("output_dir") or io_paths.join(io_paths.resolve(workdir), "samples", "sample_mode")
-    return sampling.write_grids(levels, captions, run.phase.spec.resolutions, out_dir, run.step)
+    return sampling.write_grids(levels, captions, run.phase.spec.resolutions, out_dir, run.step,
+                               tiles=run.phase.spec.level_tiles)

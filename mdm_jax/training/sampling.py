@@ -92,18 +92,44 @@ def generate(model: Model, phase: Phase, params: Any, info: Any, cfg: ml_collect
 
 
 def write_grids(levels: list[np.ndarray], captions: list[str], resolutions: tuple[int, ...], out_dir: str,
-                step: int, writer: reporting.MetricWriter | None = None) -> list[str]:
-    """One PNG grid per resolution (+ the captions); returns the paths written (process 0 only)."""
+                step: int, writer: reporting.MetricWriter | None = None,
+                tiles: tuple[int, ...] | None = None) -> list[str]:
+    """One PNG grid per resolution (+ the captions); returns the paths written (process 0 only).
+
+    Video models (``tiles``: mosaic tiles per side of each level, ``UNetSpec.level_tiles``) also get an animated
+    GIF and an MP4 per level: a grid of all clips playing together; single-frame levels (the first frame) are
+    shown as stills of the same length.
+    """
     if jax.process_index() != 0:
         return []
     paths = []
-    for img, res in zip(levels, resolutions, strict=True):
+    num_frames = max(t * t for t in tiles) if tiles else 1
+    for i, (img, res) in enumerate(zip(levels, resolutions, strict=True)):
         grid = reporting.image_grid(img)
         path = io_paths.join(out_dir, f"step_{step:08d}_{res}px.png")
         reporting.save_png(path, grid)
         paths.append(path)
+        if num_frames > 1:
+            paths += _write_video_grid(img, tiles[i], num_frames, io_paths.join(out_dir, f"step_{step:08d}_{res}px"))
         if writer is not None:
             writer.image(step, f"samples/{res}px", grid)
     io_paths.write_text(io_paths.join(out_dir, f"step_{step:08d}_captions.txt"), "\n".join(captions) + "\n")
     logging.info("Wrote sample grids %s", ", ".join(paths))
     return paths
+
+
+def _write_video_grid(clips: np.ndarray, tiles: int, num_frames: int, stem: str) -> list[str]:
+    """(N, n*h, n*w, 3) mosaics -> GIF + MP4 of the grid of clips over time (stills repeated)."""
+    from mdm_jax import video_io
+
+    frames = np.stack([video_io.mosaic_frames(c, tiles) for c in clips], axis=1)  # (F, N, h, w, 3)
+    if frames.shape[0] < num_frames:
+        frames = np.repeat(frames, num_frames // frames.shape[0], axis=0)
+    grids = np.stack([reporting.image_grid(f) for f in frames])
+    scale = max(1, 128 // grids.shape[1])
+    out = [str(video_io.write_gif(grids, stem + ".gif", fps=4, scale=scale))]
+    try:
+        out.append(str(video_io.write_mp4(grids, stem + ".mp4", fps=4, scale=scale)))
+    except ImportError:
+        logging.warning("PyAV (pip install av) is not installed: wrote %s.gif only", stem)
+    return out

@@ -285,7 +285,8 @@ class Trainer:
             levels, captions = sampling.generate(run.model, run.phase, params, run.info, cfg,
                                                  jax.random.key(int(cfg.get("seed", 0))), batch, frozen=run.frozen)
             sampling.write_grids(levels, captions, run.phase.spec.resolutions,
-                                 io_paths.join(self.workdir, "samples", run.phase.name), step, self.writer)
+                                 io_paths.join(self.workdir, "samples", run.phase.name), step, self.writer,
+                                 tiles=run.phase.spec.level_tiles)
         except Exception:  # noqa: BLE001 - samples are a by-product; training goes on
             logging.exception("Sampling at step %d failed; training continues.", step)
             return

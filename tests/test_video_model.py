@@ -96,6 +96,7 @@ def _apply(model, params, xs, t, text, mask):
     return jax.jit(model.apply)({"params": params}, xs, t, text, mask)
 
 
+@pytest.mark.slow
 def test_text_cross_attention_inside_a_temporal_level():
     """attention_levels at a temporal level: every frame attends to its clip's text (ml-mdm's crashes)."""
     spec = spec_from_config(video_cfg(attention_levels=[1], num_attention_layers=[0, 1, 0]))
@@ -119,6 +120,7 @@ def test_text_cross_attention_inside_a_temporal_level():
     np.testing.assert_allclose(out2[0][0], out[0][0], atol=1e-6)  # and nothing else
 
 
+@pytest.mark.slow
 def test_three_level_nest_and_mixed_batch_rows():
     """Per-frame spatial level around a temporal level around an image level (S64T16S256's layout), with
     fewer rows at the top level (mixed-resolution batch)."""

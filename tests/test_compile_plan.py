@@ -69,3 +69,26 @@ def _phase():
 def test_topology_names_are_checked():
     with pytest.raises(ValueError, match="compile.topology"):
         compile_plan.topology_devices("v5p-8")
+
+
+def test_out_of_hbm_compile_error_is_parsed():
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (99.52G) "
+           "exceeds available HBM (95.74G).")
+    temps, hbm = compile_plan.parse_hbm_error(msg)
+    assert temps == int(99.52 * 2**30) and hbm == 95.74 * 2**30
+    assert compile_plan.parse_hbm_error("INTERNAL: something else") is None
+
+
+def test_refused_compile_reports_numbers_and_advice():
+    """A step XLA:TPU refuses to compile (out of HBM) is a plan that does not fit, with what to change."""
+    temps, hbm = compile_plan.parse_hbm_error("temporaries (99.52G) exceeds available HBM (95.74G)")
+    plan = compile_plan.PhasePlan(phase="64", resolutions="64", batch=2048, steps=500_000, topology="v5p:2x2x1",
+                                  chip="v5p", devices=4, hosts=1, mesh={"data": 4, "fsdp": 1}, params=2**30,
+                                  opt_state=2**31, ema=2**30, arguments=2**32, temporaries=temps, hbm=hbm,
+                                  peak_flops=459e12, compile_error="RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+    plan.advice = compile_plan.advice(plan, _config(), _phase())
+    assert not plan.fits and compile_plan.exit_code([plan]) == 1
+    text = compile_plan.format_plan(plan)
+    assert "XLA refused to compile" in text and "99.52 GiB" in text and "--config.mesh.fsdp=2" in text
+    assert "--config.phases[0].batch_size=1024" in text
+    assert compile_plan.from_dict(compile_plan.to_dict(plan)).compile_error == plan.compile_error

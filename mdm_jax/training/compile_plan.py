@@ -43,11 +43,12 @@ class Chip:
     peak_bf16_flops: float
 
 
-# device_kind (as libtpu reports it) -> chip. v5p/v5e/v6e pages give HBM in GB, v4's in GiB.
+# device_kind (as libtpu reports it) -> chip. v5e/v6e: the pages' GB; v4: its GiB; v5p: the "95 GB" page figure is
+# what XLA:TPU itself allows, 95.74 GiB ("available HBM" in its out-of-memory compile error).
 CHIPS = {
     "TPU v4": Chip("v4", 32 * GiB, 275e12),
     "TPU v5 lite": Chip("v5e", 16 * GB, 197e12),
-    "TPU v5": Chip("v5p", 95 * GB, 459e12),
+    "TPU v5": Chip("v5p", 95.74 * GiB, 459e12),
     "TPU v6 lite": Chip("v6e", 32 * GB, 918e12),
 }
 
@@ -89,6 +90,7 @@ class PhasePlan:
     sampler_rows: int = 0
     sampler_total: int = 0
     num_parameters: int = 0
+    compile_error: str = ""  # XLA's out-of-HBM message when it refused to compile the step
     advice: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -98,7 +100,7 @@ class PhasePlan:
 
     @property
     def fits(self) -> bool:
-        return self.total <= self.hbm
+        return not self.compile_error and self.total <= self.hbm
 
     @property
     def mfu_seconds(self) -> float:
@@ -208,6 +210,17 @@ def text_setup(config: ml_collections.ConfigDict, info: Any, mesh: Mesh) -> tupl
     return model_fn.TextSetup(frozen=module, frozen_dim=int(t5_config.d_model), frozen_specs=specs), frozen, shardings
 
 
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_hbm_error(message: str) -> tuple[int, float] | None:
+    """(bytes of temporaries needed, HBM available) from XLA:TPU's 'Ran out of memory on HBM' compile error."""
+    m = re.search(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)", message)
+    if not m:
+        return None
+    return int(float(m.group(1)) * _UNITS[m.group(2)]), float(m.group(3)) * _UNITS[m.group(4)]
+
+
 def _per_device_bytes(tree: Any) -> int:
     total = 0
     for x in jax.tree.leaves(tree):
@@ -265,12 +278,23 @@ def plan_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, devic
     step_fn = make_step_fn(model, phase, tx, schedule, labels, ema_decay=float(config.optimizer.ema_decay),
                            seed=int(config.seed), ema_warmup=bool(config.optimizer.get("ema_warmup", False)))
     batch = _global_batch(example, phase.batch_size, mesh)
-    compiled = jit_step(step_fn, shardings, example, mesh, frozen_shardings).lower(abstract, batch, frozen).compile()
-
     plan.num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     plan.params, plan.opt_state = _per_device_bytes(abstract.params), _per_device_bytes(abstract.opt_state)
     plan.ema, plan.frozen, plan.batch_bytes = (_per_device_bytes(abstract.ema), _per_device_bytes(frozen),
                                                _per_device_bytes(batch))
+    lowered = jit_step(step_fn, shardings, example, mesh, frozen_shardings).lower(abstract, batch, frozen)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        # XLA:TPU refuses to compile a program whose buffers exceed the chip's HBM, and says by how much.
+        oom = parse_hbm_error(str(e))
+        if oom is None:
+            raise
+        plan.temporaries, plan.hbm = oom
+        plan.arguments = plan.params + plan.opt_state + plan.ema + plan.frozen + plan.batch_bytes
+        plan.compile_error = str(e).splitlines()[0][:300]
+        plan.advice = advice(plan, config, phase)
+        return plan
     mem = compiled.memory_analysis()
     plan.arguments, plan.outputs = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
     plan.aliased, plan.temporaries = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
@@ -320,8 +344,8 @@ def advice(plan: PhasePlan, config: ml_collections.ConfigDict, phase: phases_lib
                    f"{_b(plan.temporaries)}/device)")
     if not config.optimizer.get("mu_dtype"):
         out.append("keep Adam's first moment in bf16: --config.optimizer.mu_dtype=bfloat16")
-    out.append(f"halve the per-device batch: --config.phases[{phase.index}].batch_size={phase.batch_size // 2} "
-               f"(or a slice with twice the chips; now {phase.batch_size // plan.devices}/device)")
+    out.append(f"halve the per-device batch: --config.phases[{phase.index}].batch_size={plan.batch // 2} "
+               f"(or a slice with twice the chips; now {plan.batch // plan.devices}/device)")
     return out
 
 
@@ -342,7 +366,8 @@ def format_plan(p: PhasePlan) -> str:
         f"    EMA              {_b(p.ema):>12}",
         f"    frozen encoder   {_b(p.frozen):>12}",
         f"    batch            {_b(p.batch_bytes):>12}",
-        f"    temporaries      {_b(p.temporaries):>12}   (compiled.memory_analysis())",
+        f"    temporaries      {_b(p.temporaries):>12}   "
+        f"({'XLA compile error' if p.compile_error else 'compiled.memory_analysis()'})",
         f"    code + outputs   {_b(p.code + p.outputs - p.aliased):>12}",
         f"    total            {_b(p.total):>12}   of {_b(p.hbm)} HBM ({100 * p.total / p.hbm:.0f}%): "
         f"{'fits' if p.fits else 'DOES NOT FIT'}",
@@ -354,6 +379,8 @@ def format_plan(p: PhasePlan) -> str:
         f"  days for {p.steps:,} steps: {p.days(p.step_seconds):.2f} (XLA estimate), {p.days(p.mfu_seconds):.2f} "
         f"(at {100 * p.mfu:.0f}% MFU)",
     ]
+    if p.compile_error:
+        lines[-4:] = [f"  XLA refused to compile the step: {p.compile_error}"]
     if math.isfinite(p.sampler_flops):
         lines.append(f"  sampler network evaluation ({p.sampler_rows} rows incl. guidance): {p.sampler_flops:.3e} "
                      f"FLOPs/device, {p.sampler_xla_seconds * 1e3:.2f} ms XLA estimate, {_b(p.sampler_total)}/device")

@@ -87,21 +87,22 @@ def generate(model: Model, phase: Phase, params: Any, info: Any, cfg: ml_collect
 
 
 def write_grids(levels: list[np.ndarray], captions: list[str], resolutions: tuple[int, ...], out_dir: str,
-                step: int, writer: reporting.MetricWriter | None = None) -> list[str]:
-    """One PNG grid per resolution (+ the captions); returns the paths written (process 0 only)."""
+                step: int, writer: reporting.MetricWriter | None = None, weights: str = "ema") -> list[str]:
+    """One PNG grid per resolution (+ the captions), named ``step_<n>_<weights>_<res>px.png`` with ``weights``
+    'ema' or 'raw'; returns the paths written (process 0 only)."""
     if jax.process_index() != 0:
         return []
     paths = []
     for img, res in zip(levels, resolutions, strict=True):
         grid = reporting.image_grid(img)
-        path = os.path.join(out_dir, f"step_{step:08d}_{res}px.png")
+        path = os.path.join(out_dir, f"step_{step:08d}_{weights}_{res}px.png")
         reporting.save_png(path, grid)
         paths.append(path)
         if writer is not None:
-            writer.image(step, f"samples/{res}px", grid)
-    with open(os.path.join(out_dir, f"step_{step:08d}_captions.txt"), "w") as f:
-        f.write("\n".join(captions) + "\n")
-    logging.info("Wrote sample grids %s", ", ".join(paths))
+            writer.image(step, f"samples/{weights}/{res}px", grid)
+    with open(os.path.join(out_dir, f"step_{step:08d}_{weights}_captions.txt"), "w") as f:
+        f.write(f"# {weights} weights, step {step}\n" + "\n".join(captions) + "\n")
+    logging.info("Wrote sample grids from the %s weights: %s", weights, ", ".join(paths))
     return paths
 
 
@@ -126,8 +127,8 @@ def _data_info(config: ml_collections.ConfigDict, phase: Phase, num: int) -> tup
                        f"tokenizer / labels): {err}")
 
 
-def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """``--mode=sample``: grids from the EMA (or raw) weights of a run's checkpoint; returns the PNG paths."""
+def load_for_sampling(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The model, phase, weights (EMA or raw, per ``config.sample.use_ema``), data info and step of a checkpoint."""
     from mdm_jax.training import checkpoint as ckpt_lib
     from mdm_jax.training import model_fn, partitioning, sources
     from mdm_jax.training import phases as phases_lib
@@ -154,17 +155,28 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     import orbax.checkpoint as ocp
 
-    item = "ema" if cfg.get("use_ema", True) else "state"
-    ckptr = ocp.StandardCheckpointer()
-    if item == "ema":
-        params = ckptr.restore(os.path.join(step_dir, "ema"), target)
+    weights = weights_name(bool(cfg.get("use_ema", True)))
+    if weights == "ema":
+        params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "ema"), target)
     else:
         params = sources._restore_numpy(os.path.join(step_dir, "state"), subtree="params")
         params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
-    step = int(meta["step"])
-    logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images), item, step_dir,
-                 phase.describe())
-    levels, captions = generate(model, phase, params, info, cfg, jax.random.key(int(cfg.get("seed", 0))), batch,
-                                frozen=frozen)
+    return dict(model=model, phase=phase, params=params, info=info, batch=batch, frozen=frozen,
+                step=int(meta["step"]), step_dir=step_dir, weights=weights)
+
+
+def weights_name(use_ema: bool) -> str:
+    """'ema' or 'raw': named in the log, the grid file names and the captions file, so a grid says its weights."""
+    return "ema" if use_ema else "raw"
+
+
+def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """``--mode=sample``: grids from the EMA (or raw) weights of a run's checkpoint; returns the PNG paths."""
+    cfg = config.sample
+    ck = load_for_sampling(config, workdir)
+    logging.info("Sampling %d images from the %s weights of %s (%s)", int(cfg.num_images), ck["weights"],
+                 ck["step_dir"], ck["phase"].describe())
+    levels, captions = generate(ck["model"], ck["phase"], ck["params"], ck["info"], cfg,
+                                jax.random.key(int(cfg.get("seed", 0))), ck["batch"], frozen=ck["frozen"])
     out_dir = cfg.get("output_dir") or os.path.join(workdir, "samples", "sample_mode")
-    return write_grids(levels, captions, phase.spec.resolutions, out_dir, step)
+    return write_grids(levels, captions, ck["phase"].spec.resolutions, out_dir, ck["step"], weights=ck["weights"])

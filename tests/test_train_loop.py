@@ -92,6 +92,7 @@ def test_real_run_two_phases(reference):
     for name in ("inner/step_00000006_ema_8px.png", "nested/step_00000012_ema_16px.png",
                  "nested/step_00000012_ema_8px.png"):
         assert os.path.getsize(os.path.join(workdir, "samples", name)) > 100
+    assert os.path.isfile(os.path.join(workdir, "samples", "nested", "prompt_score_step_00000012_ema.json"))
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
 
 

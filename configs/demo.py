@@ -8,6 +8,9 @@ trainable text encoder, whose weights train jointly with the UNet and carry over
   python -m mdm_jax.main --mode=sample --config=configs/demo.py --workdir=/tmp/mdm_demo \
       --config.sample.prompts='("a red circle in the top left", "a blue square in the center")'
 
+At the end of each phase 120 samples (every caption once) are scored for prompt-following by the exact detector
+(``mdm_jax.evaluation.shapes_score``): the colour+position score is printed and logged to TensorBoard.
+
 ``:tiny`` is a seconds-long version of the same run used by the tests.
 """
 
@@ -50,7 +53,7 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     c.log_every_steps = 2 if tiny else 25
     c.sample = config_lib.sample(
         every_steps=0, num_images=4 if tiny else 16, num_steps=4 if tiny else 25, guidance_weight=2.0,
-        threshold="clip",
+        threshold="clip", prompt_score_images=4 if tiny else 120,
         prompts=() if tiny else (
             "a red circle in the top left", "a blue square in the center", "a green triangle in the bottom right",
             "a yellow diamond in the top right", "a purple circle in the bottom left",

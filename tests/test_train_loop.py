@@ -89,8 +89,10 @@ def test_real_run_two_phases(reference):
     ckpts = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(workdir, "checkpoints", "*"))
                    if os.path.basename(p).isdigit())
     assert ckpts == [6, 8, 12]  # keep=2 plus the end of phase 1
-    for name in ("inner/step_00000006_8px.png", "nested/step_00000012_16px.png", "nested/step_00000012_8px.png"):
+    for name in ("inner/step_00000006_ema_8px.png", "nested/step_00000012_ema_16px.png",
+                 "nested/step_00000012_ema_8px.png"):
         assert os.path.getsize(os.path.join(workdir, "samples", name)) > 100
+    assert os.path.isfile(os.path.join(workdir, "samples", "nested", "prompt_score_step_00000012_ema.json"))
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
 
 

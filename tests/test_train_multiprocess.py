@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from mdm_jax.training import sources
+from mdm_jax.training import checkpoint as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "configs", "micro_two_phase.py")
@@ -102,8 +102,8 @@ class TwoProcesses:
 
 def _final_weights(workdir: str) -> tuple:
     step_dir = os.path.join(workdir, "checkpoints", str(TOTAL))
-    state = sources._restore_numpy(os.path.join(step_dir, "state"))
-    ema = sources._restore_numpy(os.path.join(step_dir, "ema"))
+    state = ckpt_lib.read_numpy(os.path.join(step_dir, "state"))
+    ema = ckpt_lib.read_numpy(os.path.join(step_dir, "ema"))
     return state, ema
 
 

@@ -46,6 +46,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             # source specific
             "num_examples": 100_000,  # procedural_shapes epoch length
             "procedural_seed": 0,  # procedural_shapes content seed (independent of the shuffle seed)
+            "procedural_label": "shape_colour",  # procedural_shapes class label: 'shape_colour' (24) | 'colour' (6)
             "file_list": "",  # image_text_tsv: ml-mdm file-list TSV ('filename' column); else data_dir/*.tsv
             "file_pattern": "",  # image_text_tsv / webdataset glob override (e.g. '/data/cc12m/*.tar')
             "captions_file": "",  # image_folder: 'path<TAB>caption' file (default data_dir/captions.tsv|.txt)
@@ -117,9 +118,9 @@ def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tu
     if name == "procedural_shapes":
         src = procedural.ProceduralShapesSource(
             config.resolution, config.num_examples if split == "train" else max(1, config.num_examples // 10),
-            split=split, seed=config.procedural_seed,
+            split=split, seed=config.procedural_seed, label_by=config.procedural_label,
         )
-        names = procedural.class_names()
+        names = procedural.class_names(config.procedural_label)
         return src, SourceSpec("text", True, True, len(names), names)
     if name in ("moving_shapes", "video_folder"):
         from mdm_jax.data import video

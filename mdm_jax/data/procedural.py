@@ -33,8 +33,14 @@ _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 _SUPERSAMPLE = 4
 
 
-def class_names() -> tuple[str, ...]:
-    """Names of the ``len(SHAPES) * len(COLOURS)`` classes; label = shape_index * len(COLOURS) + colour_index."""
+LABEL_KINDS = ("shape_colour", "colour")
+
+
+def class_names(label_by: str = "shape_colour") -> tuple[str, ...]:
+    """Class names. 'shape_colour': ``len(SHAPES) * len(COLOURS)`` classes, label = shape_index * len(COLOURS) +
+    colour_index; 'colour': one class per colour (the class is trivially visible: conditioning tests)."""
+    if label_by == "colour":
+        return _COLOUR_NAMES
     return tuple(f"{c} {s}" for s in SHAPES for c in _COLOUR_NAMES)
 
 
@@ -80,9 +86,13 @@ class ProceduralShapesSource:
     ``num_examples`` only sets the epoch length: any index can be drawn, and each split uses its own seed stream.
     """
 
-    def __init__(self, resolution: int, num_examples: int = 100_000, split: str = "train", seed: int = 0):
+    def __init__(self, resolution: int, num_examples: int = 100_000, split: str = "train", seed: int = 0,
+                 label_by: str = "shape_colour"):
         if split not in _SPLIT_IDS:
             raise ValueError(f"procedural_shapes has splits {sorted(_SPLIT_IDS)}, got {split!r}")
+        if label_by not in LABEL_KINDS:
+            raise ValueError(f"procedural_label: expected one of {LABEL_KINDS}, got {label_by!r}")
+        self.label_by = label_by
         self.resolution = int(resolution)
         self.num_examples = int(num_examples)
         self._stream = (int(seed), _SPLIT_IDS[split])
@@ -96,7 +106,7 @@ class ProceduralShapesSource:
         shape, colour, position = SHAPES[s], _COLOUR_NAMES[c], _POSITION_NAMES[p]
         return {
             "image": render(shape, colour, position, self.resolution, rng),
-            "label": np.int32(s * len(COLOURS) + c),
+            "label": np.int32(c if self.label_by == "colour" else s * len(COLOURS) + c),
             "caption": caption_for(shape, colour, position),
         }
 

@@ -21,8 +21,8 @@ batch-sharded over its local devices, then all-gathered; process 0 writes JSON a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import time
 from typing import Any
 
@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from mdm_jax import io_paths
 from mdm_jax.evaluation import features as features_lib
 from mdm_jax.evaluation import metrics
 
@@ -139,8 +140,8 @@ class Evaluator:
         self.config = config
         self.cfg = get_eval_config(config)
         self.workdir = workdir
-        self.cache_dir = self.cfg.cache_dir or os.path.join(workdir, "eval_cache")
-        self.out_dir = self.cfg.output_dir or os.path.join(workdir, "eval")
+        self.cache_dir = self.cfg.cache_dir or io_paths.join(io_paths.resolve(workdir), "eval_cache")
+        self.out_dir = self.cfg.output_dir or io_paths.join(io_paths.resolve(workdir), "eval")
         self.nets = [features_lib.build(k, self.cfg.get(f"{k}_path", "")) for k in self.cfg.feature_nets]
         self.clip = None
         if self.cfg.clip_path:
@@ -168,9 +169,9 @@ class Evaluator:
         name = f"{data_config.name}-{split}-{resolution}px-{method}-{net.key}-n{num}-{tag}"
         if name in self._stats:
             return self._stats[name]
-        path = os.path.join(self.cache_dir, name + ".npz")
-        if os.path.isfile(path):
-            with np.load(path, allow_pickle=False) as z:
+        path = io_paths.join(self.cache_dir, name + ".npz")
+        if io_paths.isfile(path):
+            with np.load(io.BytesIO(io_paths.read_bytes(path)), allow_pickle=False) as z:
                 out = {k: z[k] for k in z.files}
             logging.info("eval: reference features from cache %s", path)
         else:
@@ -184,10 +185,9 @@ class Evaluator:
             if "labels" in real:
                 out["labels"] = np.asarray(real["labels"])
             if jax.process_index() == 0:
-                os.makedirs(self.cache_dir, exist_ok=True)
-                tmp = path + ".tmp.npz"
-                np.savez(tmp, **out)
-                os.replace(tmp, path)
+                buf = io.BytesIO()
+                np.savez(buf, **out)
+                io_paths.write_bytes(path, buf.getvalue())  # whole-file write: atomic locally and on a store
             logging.info("eval: computed %s features of %d real '%s' images at %dpx in %.1fs (cached: %s)",
                          net.prefix, num, split, resolution, time.perf_counter() - t0, path)
         self._stats[name] = out
@@ -300,12 +300,8 @@ class Evaluator:
         logging.info("%s", "\n".join(lines))
         if jax.process_index() != 0:
             return
-        os.makedirs(self.out_dir, exist_ok=True)
         for name in (f"step_{results['step']:08d}.json", "latest.json"):
-            tmp = os.path.join(self.out_dir, name + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=2)
-            os.replace(tmp, os.path.join(self.out_dir, name))
+            io_paths.write_text(io_paths.join(self.out_dir, name), json.dumps(results, indent=2))
         if writer is not None:
             writer.scalars(results["step"], scalars)
             writer.flush()
@@ -314,7 +310,7 @@ class Evaluator:
 def load_for_eval(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any, ...]:
     """(model, phase, params, info, frozen, step) from our checkpoint (EMA or raw) or a converted ml-mdm dir."""
     from mdm_jax.training import checkpoint as ckpt_lib
-    from mdm_jax.training import model_fn, partitioning, sampling, sources
+    from mdm_jax.training import model_fn, partitioning, sample_mode, sources
     from mdm_jax.training import phases as phases_lib
     from mdm_jax.training.trainer import example_batch, text_setup
 
@@ -332,7 +328,7 @@ def load_for_eval(config: ml_collections.ConfigDict, workdir: str) -> tuple[Any,
         idx, step = (int(c.phase) if int(c.phase) >= 0 else len(phases) - 1), 0
     phase = phases[idx]
     src = sources.load(path, int(c.step))
-    info, _ = sampling._data_info(config, phase, 1)
+    info, _ = sample_mode.data_info_from_dataset(config, phase, 1)
     mesh = partitioning.make_mesh(config.mesh)
     text, frozen, _ = text_setup(config, info, mesh)
     model = model_fn.build(phase.model_config, dtype=config.model.dtype, text=text)
@@ -353,7 +349,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     from mdm_jax.training import reporting
 
     model, phase, params, info, frozen, step = load_for_eval(config, workdir)
-    writer = reporting.MetricWriter(os.path.join(workdir, "tensorboard"))
+    writer = reporting.MetricWriter(io_paths.join(io_paths.resolve(workdir), "tensorboard"))
     try:
         return Evaluator(config, workdir).evaluate(model, phase, params, info, step, frozen=frozen, writer=writer)
     finally:

@@ -54,8 +54,10 @@ class UNet(nn.Module):
             self.lm_head = [TextHeadLayer(s.num_heads, self.dtype) for _ in range(s.num_lm_head_layers)]
             self.cond_emb = nn.Dense(td, use_bias=False, dtype=self.dtype)
         if s.num_classes:
-            # One extra row is the null label used for classifier-free guidance.
-            self.label_emb = nn.Embed(s.num_classes + 1, td, embedding_init=nn.initializers.normal(0.02))
+            # One extra row is the null label used for classifier-free guidance. Unit-variance rows (ADM's
+            # nn.Embedding init) put the label on the scale of the time embedding it is added to, so it steers
+            # from the first steps; a 0.02 init made it ~50x weaker and it stayed ignored for hundreds of steps.
+            self.label_emb = nn.Embed(s.num_classes + 1, td, embedding_init=nn.initializers.normal(1.0))
 
         block = dict(num_heads=s.num_heads, groups=s.num_groups_norm, dropout=s.dropout, remat=self.remat,
                      dtype=self.dtype, use_ffn=s.use_attention_ffn, rope=s.temporal_positional_encoding,

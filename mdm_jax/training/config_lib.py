@@ -41,7 +41,10 @@ def optimizer(**overrides: Any) -> ConfigDict:
         weight_decay=0.0,
         grad_clip_norm=2.0,
         ema_decay=0.9999,
-        ema_warmup=False,  # True: decay min(ema_decay, (1+n)/(10+n)) for phase step n (short runs, demos)
+        # decay min(ema_decay, (1+n)/(10+n)) at step n of each phase (restarts after growth, so a grown level's
+        # new weights are never averaged with their initialisation); False: ml-mdm's fixed decay from step 0,
+        # whose average is mostly initialisation for ~1/(1-ema_decay) steps
+        ema_warmup=True,
         mu_dtype="",  # '' keeps float32; 'bfloat16' halves the first-moment memory
     ))
     cfg.update(overrides)
@@ -105,6 +108,7 @@ def sample(**overrides: Any) -> ConfigDict:
         step=-1,  # sample mode: which step (default: latest)
         output_dir="",  # sample mode: default <workdir>/samples
         debug=False,  # run the sampler step in a Python loop (breakpoints, prints)
+        prompt_score_images=0,  # procedural shapes + text: score this many samples per phase end (exact detector)
     ), type_safe=False)
     cfg.update(overrides)
     return cfg

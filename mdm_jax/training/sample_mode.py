@@ -94,10 +94,11 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> l
     use_ema = bool(cfg.get("use_ema", True))
     run = load_run(config, cfg.get("checkpoint") or workdir, int(cfg.get("step", -1)), use_ema,
                    int(cfg.num_images))
-    logging.info("Sampling %d images from %s weights of %s (%s)", int(cfg.num_images),
-                 "ema" if use_ema else "state", run.step_dir, run.phase.describe())
+    weights = sampling.weights_name(use_ema)
+    logging.info("Sampling %d images from the %s weights of %s (%s)", int(cfg.num_images), weights, run.step_dir,
+                 run.phase.describe())
     levels, captions = sampling.generate(run.model, run.phase, run.params, run.info, cfg,
                                          jax.random.key(int(cfg.get("seed", 0))), run.batch, frozen=run.frozen)
     out_dir = cfg.get("output_dir") or io_paths.join(io_paths.resolve(workdir), "samples", "sample_mode")
     return sampling.write_grids(levels, captions, run.phase.spec.resolutions, out_dir, run.step,
-                               tiles=run.phase.spec.level_tiles)
+                               tiles=run.phase.spec.level_tiles, weights=weights)

@@ -93,8 +93,9 @@ def generate(model: Model, phase: Phase, params: Any, info: Any, cfg: ml_collect
 
 def write_grids(levels: list[np.ndarray], captions: list[str], resolutions: tuple[int, ...], out_dir: str,
                 step: int, writer: reporting.MetricWriter | None = None,
-                tiles: tuple[int, ...] | None = None) -> list[str]:
-    """One PNG grid per resolution (+ the captions); returns the paths written (process 0 only).
+                tiles: tuple[int, ...] | None = None, weights: str = "ema") -> list[str]:
+    """One PNG grid per resolution (+ the captions), named ``step_<n>_<weights>_<res>px.png`` with ``weights``
+    'ema' or 'raw'; returns the paths written (process 0 only).
 
     Video models (``tiles``: mosaic tiles per side of each level, ``UNetSpec.level_tiles``) also get an animated
     GIF and an MP4 per level: a grid of all clips playing together; single-frame levels (the first frame) are
@@ -106,15 +107,17 @@ def write_grids(levels: list[np.ndarray], captions: list[str], resolutions: tupl
     num_frames = max(t * t for t in tiles) if tiles else 1
     for i, (img, res) in enumerate(zip(levels, resolutions, strict=True)):
         grid = reporting.image_grid(img)
-        path = io_paths.join(out_dir, f"step_{step:08d}_{res}px.png")
+        path = io_paths.join(out_dir, f"step_{step:08d}_{weights}_{res}px.png")
         reporting.save_png(path, grid)
         paths.append(path)
         if num_frames > 1:
-            paths += _write_video_grid(img, tiles[i], num_frames, io_paths.join(out_dir, f"step_{step:08d}_{res}px"))
+            stem = io_paths.join(out_dir, f"step_{step:08d}_{weights}_{res}px")
+            paths += _write_video_grid(img, tiles[i], num_frames, stem)
         if writer is not None:
-            writer.image(step, f"samples/{res}px", grid)
-    io_paths.write_text(io_paths.join(out_dir, f"step_{step:08d}_captions.txt"), "\n".join(captions) + "\n")
-    logging.info("Wrote sample grids %s", ", ".join(paths))
+            writer.image(step, f"samples/{weights}/{res}px", grid)
+    io_paths.write_text(io_paths.join(out_dir, f"step_{step:08d}_{weights}_captions.txt"),
+                        f"# {weights} weights, step {step}\n" + "\n".join(captions) + "\n")
+    logging.info("Wrote sample grids from the %s weights: %s", weights, ", ".join(paths))
     return paths
 
 
@@ -133,3 +136,8 @@ def _write_video_grid(clips: np.ndarray, tiles: int, num_frames: int, stem: str)
     except ImportError:
         logging.warning("PyAV (pip install av) is not installed: wrote %s.gif only", stem)
     return out
+
+
+def weights_name(use_ema: bool) -> str:
+    """'ema' or 'raw': named in the log, the grid file names and the captions file, so a grid says its weights."""
+    return "ema" if use_ema else "raw"

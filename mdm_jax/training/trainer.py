@@ -23,6 +23,7 @@ from absl import logging
 
 from mdm_jax import data as data_lib
 from mdm_jax import io_paths
+from mdm_jax.evaluation import prompt_following
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import model_fn, partitioning, reporting, run_info, sampling, sources
 from mdm_jax.training import phases as phases_lib
@@ -131,7 +132,7 @@ def setup_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, mesh
     run.shardings = state_lib.state_shardings(abstract, mesh, int(config.sharding.min_size))
     run.abstract = state_lib.abstract_state(abstract_params, tx, run.shardings)
     step_fn = make_step_fn(model, phase, tx, schedule, labels, ema_decay=float(config.optimizer.ema_decay),
-                           seed=int(config.seed), ema_warmup=bool(config.optimizer.get("ema_warmup", False)))
+                           seed=int(config.seed), ema_warmup=bool(config.optimizer.get("ema_warmup", True)))
     run.step_fn = jit_step(step_fn, run.shardings, example, mesh, frozen_shardings)
     return run
 
@@ -279,6 +280,7 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             params = state.ema if cfg.get("use_ema", True) else state.params
+            weights = sampling.weights_name(bool(cfg.get("use_ema", True)))
             text = run.info.conditioning == "text"
             needs_batch = text and (not cfg.get("prompts") or run.info.tokenizer is None)
             batch = self._sample_batch(run) if needs_batch else None
@@ -286,7 +288,11 @@ class Trainer:
                                                  jax.random.key(int(cfg.get("seed", 0))), batch, frozen=run.frozen)
             sampling.write_grids(levels, captions, run.phase.spec.resolutions,
                                  io_paths.join(self.workdir, "samples", run.phase.name), step, self.writer,
-                                 tiles=run.phase.spec.level_tiles)
+                                 tiles=run.phase.spec.level_tiles, weights=weights)
+            if prompt_following.applies(self.config, run.info):
+                prompt_following.score_and_report(
+                    run.model, run.phase, params, run.info, cfg, step, weights, self.writer,
+                    io_paths.join(self.workdir, "samples", run.phase.name), frozen=run.frozen)
         except Exception:  # noqa: BLE001 - samples are a by-product; training goes on
             logging.exception("Sampling at step %d failed; training continues.", step)
             return

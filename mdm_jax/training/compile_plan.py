@@ -344,8 +344,14 @@ def advice(plan: PhasePlan, config: ml_collections.ConfigDict, phase: phases_lib
                    f"{_b(plan.temporaries)}/device)")
     if not config.optimizer.get("mu_dtype"):
         out.append("keep Adam's first moment in bf16: --config.optimizer.mu_dtype=bfloat16")
+    per_device = plan.batch // plan.devices
+    k = 2 * int(phase.grad_accum_steps)
+    if per_device % k == 0:
+        out.append(f"keep the paper's batch and accumulate gradients over micro-batches: "
+                   f"--config.phases[{phase.index}].grad_accum_steps={k} (activations of {per_device // k} "
+                   "images/device at a time; same loss and gradient)")
     out.append(f"halve the per-device batch: --config.phases[{phase.index}].batch_size={plan.batch // 2} "
-               f"(or a slice with twice the chips; now {plan.batch // plan.devices}/device)")
+               f"(or a slice with twice the chips; now {per_device}/device)")
     return out
 
 

@@ -36,9 +36,9 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     c.text_encoder = config_lib.ConfigDict(dict(dim=dim, num_layers=1 if tiny else 2, num_heads=4, mlp_ratio=2))
     c.model.cond_dim = dim
     # No flips: a flipped "moving left" clip would move right.
-    c.data = config_lib.ConfigDict(dict(
+    c.data = config_lib.data(
         name="moving_shapes", conditioning="text", cond_drop_prob=0.1, num_workers=0, flip=False,
-        text=dict(tokenizer="byte", max_length=40)))
+        text=dict(tokenizer="byte", max_length=40))
     ch = 16 if tiny else 32
     size = 8 if tiny else 16
     inner = config_lib.tiny_unet(size, [ch, 2 * ch] if tiny else [ch, 2 * ch, 2 * ch],

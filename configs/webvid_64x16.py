@@ -22,14 +22,14 @@ video_demo = config_lib.sibling(__file__, "video_demo")
 def webvid_base(runlocal: bool) -> config_lib.ConfigDict:
     c = cc12m_64.cc12m_base(runlocal)
     if runlocal:
-        c.data = config_lib.ConfigDict(dict(name="moving_shapes", conditioning="text", cond_drop_prob=0.1,
-                                            flip=False, text=dict(tokenizer="byte", max_length=40)))
+        c.data = config_lib.data(name="moving_shapes", conditioning="text", cond_drop_prob=0.1,
+                                 flip=False, text=dict(tokenizer="byte", max_length=40))
         c.sample.prompts = ("a red square moving left", "a blue circle moving down")
     else:
-        c.data = config_lib.ConfigDict(dict(
+        c.data = config_lib.data(
             name="video_folder", conditioning="text", data_dir="", captions_file="", num_workers=16,
             frame_stride=4, frame_start=-1, flip=True, cond_drop_prob=0.1,
-            text=dict(tokenizer="t5", tokenizer_path=cc12m_64.T5_DIR, max_length=128)))
+            text=dict(tokenizer="t5", tokenizer_path=cc12m_64.T5_DIR, max_length=128))
         c.sample.prompts = ("pouring milk into black coffee", "a dog running on the beach",
                             "timelapse of clouds over mountains", "a red car driving through a city at night")
         c.sample.guidance_weight = 7.0  # Fig. 19

@@ -92,12 +92,12 @@ forward() { stop=1; echo "gpu_slurm.sh: SIGTERM: asking the tasks to save and st
 trap forward TERM
 "${run[@]}" &
 srun_pid=$!
-status=0
-# `wait` returns early when the trap runs; keep waiting until srun itself has exited.
-while true; do
-  wait "$srun_pid" && status=0 || status=$?
-  kill -0 "$srun_pid" 2>/dev/null || break
+# `wait` returns early (status 128+15) when the trap runs: keep waiting while srun lives, then read srun's own
+# exit status (bash keeps it for the finished child), never the interrupted wait's.
+while kill -0 "$srun_pid" 2>/dev/null; do
+  wait "$srun_pid" || true
 done
+wait "$srun_pid" && status=0 || status=$?
 trap - TERM
 if [[ $stop == 1 ]]; then
   if (( ${SLURM_RESTART_COUNT:-0} >= MAX_RESTARTS )); then

@@ -42,10 +42,10 @@ done
 [[ $DRY_RUN == 1 ]] && exit 0
 status=0
 for pid in "${pids[@]}"; do
-  while true; do
-    wait "$pid" && rc=0 || rc=$?
-    kill -0 "$pid" 2>/dev/null || break
+  while kill -0 "$pid" 2>/dev/null; do  # a trapped signal interrupts `wait`: wait again while it lives
+    wait "$pid" || true
   done
+  wait "$pid" && rc=0 || rc=$?  # the process's own exit status
   (( rc != 0 )) && status=$rc
 done
 echo "logs: $WORKDIR.process*.log"

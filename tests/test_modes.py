@@ -140,6 +140,6 @@ def test_sample_mode_needs_only_the_run(demo_run, tmp_path):
         capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     pngs = sorted(os.path.basename(p) for p in glob.glob(str(out / "*.png")))
-    assert pngs == ["step_00000012_16px.png", "step_00000012_8px.png"]
-    captions = (out / "step_00000012_captions.txt").read_text().splitlines()
-    assert captions == ["a red circle in the top left", "a blue square in the center"]
+    assert pngs == ["step_00000012_ema_16px.png", "step_00000012_ema_8px.png"]  # grids name their weights
+    captions = (out / "step_00000012_ema_captions.txt").read_text().splitlines()
+    assert captions == ["# ema weights, step 12", "a red circle in the top left", "a blue square in the center"]

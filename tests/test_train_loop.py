@@ -306,6 +306,6 @@ def test_gcs_workdir_sigkill_then_resume_matches(reference, tmp_path, monkeypatc
         assert_trees_equal(host_params(trainer), ref_params)
         names = emu.objects("run/")
         assert "run/config.json" in names
-        assert "run/samples/nested/step_00000012_16px.png" in names
+        assert "run/samples/nested/step_00000012_ema_16px.png" in names
         assert any(n.startswith("run/tensorboard/events.out.tfevents.") for n in names)
         assert "run/checkpoints/12/commit_success.txt" in names

@@ -54,6 +54,7 @@ def test_micro_batches_equal_the_whole_batch(nested_run, vdm):
     assert abs(float(loss_other) - float(loss1)) > 1e-4
 
 
+@pytest.mark.slow  # default run: see README "Test" (kept under ~15 min)
 def test_train_step_with_accumulation_matches(nested_run):
     config, run, state, batch, mesh = nested_run
     phase2 = dataclasses.replace(run.phase, grad_accum_steps=2)

@@ -9,6 +9,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from mdm_jax import data as data_lib
@@ -94,6 +95,7 @@ def _to_mlmdm_state_dict(unet_params) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.slow  # default run: see README "Test" (kept under ~15 min)
 def test_phase_starts_from_converted_mlmdm_checkpoint(tmp_path):
     """A converted ml-mdm 'inner' model seeds the nested phase: inner_unet <- converted, outer level new."""
     from mdm_jax.convert import convert_checkpoint

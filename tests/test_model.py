@@ -122,6 +122,7 @@ def test_lm_head_and_masked_cross_attention_options():
     assert all(bool(jnp.isfinite(o).all()) for o in outs)
 
 
+@pytest.mark.slow  # default run: see README "Test" (kept under ~15 min)
 def test_remat_and_bfloat16_agree_with_float32():
     ref, params, _ = run(tiny(2))
     rem, _, _ = run(tiny(2), params=params, remat=True)

@@ -96,6 +96,7 @@ def test_real_run_two_phases(reference):
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
 
 
+@pytest.mark.slow  # default run: see README "Test" (kept under ~15 min)
 def test_corrupt_latest_checkpoint_is_skipped(reference, tmp_path):
     ref_dir, _, ref_params, _ = reference
     workdir = str(tmp_path / "run")
@@ -124,6 +125,7 @@ def _wait_for(predicate, proc, timeout):
     return False
 
 
+@pytest.mark.slow  # default run: see README "Test" (kept under ~15 min)
 def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
     _, _, ref_params, _ = reference
     workdir = str(tmp_path / "run")

@@ -169,6 +169,7 @@ def test_nan_loss_stops_the_real_loop(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "checkpoints" / "4")
 
 
+@pytest.mark.slow  # default run: see README "Test" (kept under ~15 min)
 def test_frozen_t5_text_encoder_trains_only_the_unet():
     """cc12m configs: FLAN-T5 runs frozen inside the step; its weights live outside the train state."""
     from mdm_jax.text import t5

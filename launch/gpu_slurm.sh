@@ -48,14 +48,8 @@ case $PROCS in
   *) echo "gpu_slurm.sh: --procs must be 'gpu' or 'node', got '$PROCS'" >&2; exit 2 ;;
 esac
 
-# Print a command so that it can be pasted into a shell (single-quoting only the words that need it).
-show() {
-  local a out=()
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
+# show(); inside a job SLURM runs a spooled copy of this script, from --chdir (the repository).
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh" 2>/dev/null || . "$PWD/launch/common.sh"
 
 if [[ -z ${MDM_SLURM_IN_JOB:-} ]]; then
   # ---- submit ------------------------------------------------------------------------------------------------

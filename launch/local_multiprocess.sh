@@ -17,13 +17,7 @@ shift 3
 PORT=${PORT:-$((20000 + RANDOM % 20000))}
 DEVICES=${DEVICES:-1}
 
-show() {
-  local a out=()
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # show
 
 pids=()
 forward() { echo "local_multiprocess.sh: forwarding the signal to ${pids[*]}" >&2; kill -TERM "${pids[@]}" 2>/dev/null || true; }

@@ -55,14 +55,7 @@ GCLOUD_OPTS=(--zone="$ZONE")
 [[ -n $PROJECT ]] && GCLOUD_OPTS+=(--project="$PROJECT")
 REMOTE_DIR='~/mdm-jax'  # expanded by the worker's shell
 
-# Print a command so that it can be pasted into a shell (single-quoting only the words that need it).
-show() {
-  local a out=()
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # show
 run() { if [[ $DRY_RUN == 1 ]]; then show "$@"; else "$@"; fi; }
 on_all_workers() { run gcloud compute tpus tpu-vm ssh "$TPU" "${GCLOUD_OPTS[@]}" --worker=all --command="$1"; }
 

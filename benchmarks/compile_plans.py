@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Slices from small to large: (libtpu topology, Cloud TPU accelerator type).
+CHIP_HBM = {"v5p": 95.74 * 2**30, "v6e": 32e9}  # what XLA:TPU allows per chip (mdm_jax.training.compile_plan.CHIPS)
 SLICES = {
     "v5p": [("2x2x1", "v5p-8"), ("2x2x2", "v5p-16"), ("2x2x4", "v5p-32"), ("2x4x4", "v5p-64"), ("4x4x4", "v5p-128")],
     "v6e": [("2x2", "v6e-4"), ("2x4", "v6e-8"), ("4x4", "v6e-16"), ("4x8", "v6e-32"), ("8x8", "v6e-64")],
@@ -62,19 +64,44 @@ def compile_one(config: str, phase: str, chip: str, topo: str, out: Path, timeou
     return plan
 
 
-def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int,
-                 cached_only: bool = False) -> tuple[dict | None, str]:
-    last = None
-    for topo, name in SLICES[chip]:
+def _chips(topo: str) -> int:
+    return math.prod(int(v) for v in topo.split("x"))
+
+
+def _predicted_total(plan: dict, topo: str) -> float:
+    """Per-chip bytes on another slice, scaled from a compiled plan: state (FSDP) and activations (data
+    parallel) both split over all chips, so per-chip memory goes as 1/chips. A guide for where to compile next,
+    never a table entry."""
+    return plan["total"] * plan["devices"] / _chips(topo)
+
+
+def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int, cached_only: bool = False,
+                 hint: dict | None = None) -> tuple[dict | None, str]:
+    """Compile on growing slices until one fits. Each compiled plan predicts (``_predicted_total``) which larger
+    slice will fit, and the slices in between are skipped; so is the start when ``hint`` (the same phase compiled
+    for another chip) predicts it. The returned note names the smaller slices that were only predicted not to
+    fit, so the README says which rows rest on a compile and which on a scaled estimate."""
+    slices = SLICES[chip]
+    last, skipped, basis, i = None, [], hint, 0
+    while i < len(slices):
+        topo, name = slices[i]
+        compiled_before = (out / f"{config}_{phase}_{chip}_{topo}.json").exists()
+        if basis is not None and not compiled_before and i + 1 < len(slices):
+            predicted = _predicted_total(basis, topo)
+            if predicted > CHIP_HBM[chip]:
+                skipped.append(f"{name} ~{predicted / 2**30:.0f} GiB")
+                i += 1
+                continue
         plan = compile_one(config, phase, chip, topo, out, timeout, cached_only)
         if plan is None and cached_only:
             return last, f"not compiled yet from {name} up"
+        i += 1
         if plan is None:
             continue  # e.g. the batch does not divide over the devices
-        last = plan
+        last = basis = plan
         if plan["fits"]:
-            return plan, name
-    return last, "none up to " + SLICES[chip][-1][1]
+            return plan, name + (f"; predicted not to fit: {', '.join(skipped)}" if skipped else "")
+    return last, "none up to " + slices[-1][1]
 
 
 def gib(n: float) -> str:
@@ -97,11 +124,14 @@ def table(rows: list[tuple[str, str, str, dict | None, str]]) -> str:
             continue
         state = p["params"] + p["opt_state"] + p["ema"] + p["frozen"]
         mesh = "x".join(str(v) for v in p["mesh"].values())
-        fit = "" if p["fits"] else f" DOES NOT FIT; {slice_name}"
-        slice_name = slice_name if p["fits"] else p["topology"]
+        name, _, note = slice_name.partition("; ")
+        if p["fits"]:
+            slice_name = f"{name} ({mesh})" + (f"; {note}" if note else "")
+        else:
+            slice_name = f"{p['topology']} ({mesh}) DOES NOT FIT; {slice_name}"
         lines.append(
             f"| {config} | {phase} ({p['resolutions']}) | {p['batch']} | {p['steps'] // 1000}k | "
-            f"{p['num_parameters'] / 1e6:.0f}M | {slice_name} ({mesh}){fit} | {gib(state)} + {gib(p['temporaries'])} = "
+            f"{p['num_parameters'] / 1e6:.0f}M | {slice_name} | {gib(state)} + {gib(p['temporaries'])} = "
             f"{gib(p['total'])} / {gib(p['hbm'])} | {p['flops'] / 1e12:.2f} | {p['step_seconds']:.3f} | "
             f"{p['mfu_seconds']:.3f} | {p['images_per_second_xla']:,.0f} / {p['images_per_second_mfu']:,.0f} | "
             f"{p['days_xla']:.1f} / {p['days_mfu']:.1f} | {paper_s} |")
@@ -124,7 +154,9 @@ def main() -> None:
             for phase in CONFIG_PHASES[config]:
                 key = SAME.get((config, phase), (config, phase))
                 if (key, chip) not in done:
-                    done[key, chip] = smallest_fit(*key, chip, out, args.timeout, args.cached_only)
+                    hint = next((done[key, c][0] for c in args.chips if (key, c) in done and done[key, c][0]
+                                 and done[key, c][0]["fits"]), None)
+                    done[key, chip] = smallest_fit(*key, chip, out, args.timeout, args.cached_only, hint)
                 rows.append((config, phase, chip, *done[key, chip]))
     print(table(rows))
 

@@ -69,10 +69,14 @@ def _chips(topo: str) -> int:
 
 
 def _predicted_total(plan: dict, topo: str) -> float:
-    """Per-chip bytes on another slice, scaled from a compiled plan: state (FSDP) and activations (data
-    parallel) both split over all chips, so per-chip memory goes as 1/chips. A guide for where to compile next,
-    never a table entry."""
-    return plan["total"] * plan["devices"] / _chips(topo)
+    """Per-chip bytes on another slice, scaled from a compiled plan: activations split over all chips (data
+    parallel); the state splits too when FSDP spans every chip, else it stays whole. A guide for where to compile
+    next, never a table entry."""
+    chips = _chips(topo)
+    state = plan["params"] + plan["opt_state"] + plan["ema"] + plan["frozen"]
+    fsdp = plan["mesh"].get("fsdp", 1)
+    state_new = state * fsdp / chips if fsdp == plan["devices"] else state
+    return state_new + (plan["total"] - state) * plan["devices"] / chips
 
 
 def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int, cached_only: bool = False,

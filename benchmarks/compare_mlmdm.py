@@ -49,6 +49,7 @@ CASE_SETS = {
             "S64S256:sampler:b32:bf16,p2:train:b8:bf16,S64:train:b64:fp32,S64S256:train:b32:fp32"),
 }
 IMPLS = ("mlmdm", "ours")
+LIVE: set = set()  # running workers, killed if this parent is stopped
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -305,6 +306,7 @@ class Worker:
     """A worker subprocess answering over stdout lines tagged ``@@``; all waits are bounded by a deadline."""
 
     def __init__(self, impl: str, spec: dict[str, Any], timeout: float, log_dir: str) -> None:
+        LIVE.add(self)
         self.impl, self.deadline = impl, time.monotonic() + timeout
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -365,9 +367,11 @@ class Worker:
                 self.proc.wait(timeout=60)
         except Exception:
             self.kill()
+        LIVE.discard(self)
         self.log.close()
 
     def kill(self) -> None:
+        LIVE.discard(self)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -382,7 +386,7 @@ def _median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def run_case(case: dict[str, Any], args: argparse.Namespace, first: str) -> dict[str, Any]:
+def run_case(case: dict[str, Any], args: argparse.Namespace, first: str, timeout: float) -> dict[str, Any]:
     """Times both implementations on one case; errors end up in the result, never raised."""
     result: dict[str, Any] = {"case": case["name"], **{i: {} for i in IMPLS}}
     try:
@@ -400,7 +404,7 @@ def run_case(case: dict[str, Any], args: argparse.Namespace, first: str) -> dict
     per_step = args.sampler_steps if case["kind"] == "sampler" else 1
 
     def start(impl: str) -> Worker | None:
-        w = Worker(impl, spec, args.timeout, args.log_dir)
+        w = Worker(impl, spec, timeout, args.log_dir)
         try:
             result[impl].update(w.read())
             result[impl].pop("ready", None)
@@ -473,6 +477,8 @@ def _mem(r: dict[str, Any], gpu: bool) -> str:
 
 
 def _cell(r: dict[str, Any]) -> str:
+    if not r:
+        return "–"
     if "median_s" in r:
         return _t(r["median_s"]) + (" (!)" if "error" in r else "")
     return "error: " + r.get("error", "no result")[:160].replace("|", "/")
@@ -521,6 +527,8 @@ def main() -> None:
     p.add_argument("--sampler_steps", type=int, default=5, help="sampler steps per timed call")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker subprocess, all included")
+    p.add_argument("--budget_s", type=float, default=0,
+                   help="total seconds: workers get at most what is left, later cases are skipped (0 = none)")
     p.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     p.add_argument("--peak_tflops", type=float, default=989.0,
                    help="device peak for MFU (989 = H100/H200 dense bf16)")
@@ -551,16 +559,32 @@ def main() -> None:
           f"order {args.order}; worker logs in {args.log_dir}", flush=True)
     results: list[dict[str, Any]] = []
     t0 = time.time()
-    for k, case in enumerate(cases):
-        res = run_case(case, args, IMPLS[k % 2])
-        res["wall_s"] = round(time.time() - t0, 1)
-        results.append(res)
-        a, b = res["mlmdm"], res["ours"]
-        print(f"[{res['wall_s']:7.1f}s] {case['name']}: ml-mdm {_cell(a)} / ours {_cell(b)} "
-              f"(mem {_mem(a, gpu)} / {_mem(b, gpu)}; {res['order']})", flush=True)
-        _write_json(args.json_out, {"device": args.device, "args": {k: v for k, v in vars(args).items()
-                                                                     if k not in ("worker", "spec")},
-                                    "results": results})
+
+    def stop(signum, frame):  # a timeout around this script: end the workers, still print what was measured
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for k, case in enumerate(cases):
+            left = args.budget_s - (time.time() - t0) if args.budget_s else args.timeout
+            if left < 30:
+                results.append({"case": case["name"], "mlmdm": {"error": "skipped: --budget_s used up"},
+                                "ours": {"error": "skipped: --budget_s used up"}, "order": "-"})
+                continue
+            res = run_case(case, args, IMPLS[k % 2], min(args.timeout, left))
+            res["wall_s"] = round(time.time() - t0, 1)
+            results.append(res)
+            a, b = res["mlmdm"], res["ours"]
+            print(f"[{res['wall_s']:7.1f}s] {case['name']}: ml-mdm {_cell(a)} / ours {_cell(b)} "
+                  f"(mem {_mem(a, gpu)} / {_mem(b, gpu)}; {res['order']})", flush=True)
+            _write_json(args.json_out, {"device": args.device, "args": {k: v for k, v in vars(args).items()
+                                                                         if k not in ("worker", "spec")},
+                                        "results": results})
+    except KeyboardInterrupt as e:
+        print(f"stopped ({e}); {len(results)} of {len(cases)} cases done", flush=True)
+    finally:
+        for w in list(LIVE):
+            w.kill()
     print()
     print(table(results, gpu, args.peak_tflops), flush=True)
 

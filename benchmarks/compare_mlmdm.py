@@ -209,6 +209,7 @@ def worker_mlmdm(spec: dict[str, Any]) -> None:
     if cuda:  # ml-mdm's train_parallel.py enables TF32 for matmul and cuDNN
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = spec["cudnn_benchmark"]  # off unless asked: ml-mdm does not set it
     stubbed = import_mlmdm(spec["mlmdm"])
     from ml_mdm import samplers
     from ml_mdm.models.model_ema import ModelEma
@@ -397,7 +398,8 @@ def run_case(case: dict[str, Any], args: argparse.Namespace, first: str, timeout
         return result
     spec = {"case": case, "cfg": cfg, "parity": args.parity, "mlmdm": args.mlmdm, "device": args.device,
             "warmup": args.warmup, "sampler_steps": args.sampler_steps, "guidance": args.guidance,
-            "torch_threads": args.torch_threads, "jax_cache": args.jax_cache}
+            "torch_threads": args.torch_threads, "jax_cache": args.jax_cache,
+            "cudnn_benchmark": args.cudnn_benchmark}
     order = [i for i in (first, next(i for i in IMPLS if i != first)) if i in args.impls]
     interleave = args.order == "interleaved" or (args.order == "auto" and case["model"] in ("p1", "p2"))
     result["order"] = "interleaved" if interleave else f"sequential ({order[0]} first)"
@@ -529,6 +531,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker subprocess, all included")
     p.add_argument("--budget_s", type=float, default=0,
                    help="total seconds: workers get at most what is left, later cases are skipped (0 = none)")
+    p.add_argument("--cudnn_benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--torch_threads", type=int, default=0, help="torch.set_num_threads (0 = torch's default)")
     p.add_argument("--peak_tflops", type=float, default=989.0,
                    help="device peak for MFU (989 = H100/H200 dense bf16)")

@@ -486,17 +486,29 @@ def _cell(r: dict[str, Any]) -> str:
     return "error: " + r.get("error", "no result")[:160].replace("|", "/")
 
 
+KIND_LABELS = {"train": "train step (Adam + EMA, clip)", "sampler": "CFG sampler step", "fwd": "forward"}
+
+
+def _label(name: str, params: int | None) -> str:
+    c = parse_case(name)
+    size = "" if not params else f" ({params / 1e6:.1f}M)" if params < 1e8 else f" ({params / 1e6:.0f}M)"
+    dtype = "fp32" if c["dtype"] == "float32" else "bf16"
+    return f"{c['model']}{size} batch {c['batch']} {dtype}, {KIND_LABELS[c['kind']]}"
+
+
 def table(results: list[dict[str, Any]], gpu: bool, peak: float) -> str:
     mem = "peak GPU memory (allocated)" if gpu else "peak RSS"
     head = ["case", "ml-mdm", "mdm-jax", "ml-mdm time / ours", f"{mem} ml-mdm", f"{mem} ours"]
     if gpu:
-        head += ["TFLOP/s ml-mdm", "TFLOP/s ours", f"MFU ml-mdm (peak {peak:g})", "MFU ours"]
+        head += ["GFLOP/step (XLA)", "TFLOP/s ml-mdm", "TFLOP/s ours", f"MFU ml-mdm (peak {peak:g})", "MFU ours"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results:
         a, b = res["mlmdm"], res["ours"]
         ratio = f"{a['median_s'] / b['median_s']:.2f}" if "median_s" in a and "median_s" in b else "–"
-        cells = [res["case"], _cell(a), _cell(b), ratio, _mem(a, gpu), _mem(b, gpu)]
+        cells = [_label(res["case"], a.get("params") or b.get("params")), _cell(a), _cell(b), ratio,
+                 _mem(a, gpu), _mem(b, gpu)]
         if gpu:
+            cells.append(f"{b['flops'] / 1e9:,.0f}" if b.get("flops") else "–")
             cells += [f"{r['tflops']:.1f}" if "tflops" in r else "–" for r in (a, b)]
             cells += [f"{100 * r['mfu']:.1f}%" if "mfu" in r else "–" for r in (a, b)]
         if a.get("params") and b.get("params") and a["params"] != b["params"]:

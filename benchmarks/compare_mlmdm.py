@@ -127,6 +127,8 @@ def worker_ours(spec: dict[str, Any]) -> None:
     case, cfg = spec["case"], spec["cfg"]
     dev = jax.devices()[0]
     stats: dict[str, Any] = {"device": f"{dev.platform}:{dev.device_kind}", "jax": jax.__version__}
+    if spec["device"] == "cuda" and dev.platform != "gpu":
+        raise RuntimeError(f"--device=cuda but JAX's default device is {dev.platform}: install jax with CUDA")
     if spec["jax_cache"]:
         jax.config.update("jax_compilation_cache_dir", spec["jax_cache"])
     t_build = time.perf_counter()
@@ -387,8 +389,11 @@ def _median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def run_case(case: dict[str, Any], args: argparse.Namespace, first: str, timeout: float) -> dict[str, Any]:
-    """Times both implementations on one case; errors end up in the result, never raised."""
+def run_case(case: dict[str, Any], args: argparse.Namespace, first: str, deadline: float) -> dict[str, Any]:
+    """Times both implementations on one case; errors end up in the result, never raised.
+
+    Each worker may run ``--timeout`` seconds but never past ``deadline`` (time.monotonic()).
+    """
     result: dict[str, Any] = {"case": case["name"], **{i: {} for i in IMPLS}}
     try:
         cfg = case_configs(case, args.parity)
@@ -406,7 +411,11 @@ def run_case(case: dict[str, Any], args: argparse.Namespace, first: str, timeout
     per_step = args.sampler_steps if case["kind"] == "sampler" else 1
 
     def start(impl: str) -> Worker | None:
-        w = Worker(impl, spec, timeout, args.log_dir)
+        left = deadline - time.monotonic()
+        if left < 20:
+            result[impl]["error"] = "skipped: --budget_s used up"
+            return None
+        w = Worker(impl, spec, min(args.timeout, left), args.log_dir)
         try:
             result[impl].update(w.read())
             result[impl].pop("ready", None)
@@ -581,12 +590,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         for k, case in enumerate(cases):
-            left = args.budget_s - (time.time() - t0) if args.budget_s else args.timeout
-            if left < 30:
-                results.append({"case": case["name"], "mlmdm": {"error": "skipped: --budget_s used up"},
-                                "ours": {"error": "skipped: --budget_s used up"}, "order": "-"})
-                continue
-            res = run_case(case, args, IMPLS[k % 2], min(args.timeout, left))
+            deadline = time.monotonic() + (args.budget_s - (time.time() - t0) if args.budget_s else 1e9)
+            res = run_case(case, args, IMPLS[k % 2], deadline)
             res["wall_s"] = round(time.time() - t0, 1)
             results.append(res)
             a, b = res["mlmdm"], res["ours"]

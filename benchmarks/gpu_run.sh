@@ -7,13 +7,13 @@
 #
 # MLMDM: an ml-mdm checkout (e.g. a copy of /work/mlmdm_src, with mlmdm_shim.py); PARITY: a folder holding the
 # parity fixtures' configs.json; WHEELS (optional): a folder of wheels installed first with pip --no-index;
-# BUDGET_S: seconds for all cases (default 500). Results go to $OUT as they come: compare.json (rewritten after
+# BUDGET_S: seconds for all cases (default 450). Results go to $OUT as they come: compare.json (rewritten after
 # every case), compare.log (everything printed), env.txt, worker logs under $OUT/workers/.
 set -u
 OUT=${OUT:-/tmp/compare_out}
 MLMDM=${MLMDM:-carry/mlmdm_src}
 PARITY=${PARITY:-carry/parity}
-BUDGET_S=${BUDGET_S:-500}
+BUDGET_S=${BUDGET_S:-450}
 CASES=${CASES:-S64:train:b64:bf16,S64S256:train:b32:bf16,S64:sampler:b64:bf16,S64:fwd:b64:bf16,S64S256:sampler:b32:bf16,S64:train:b64:fp32,S64S256:train:b32:fp32}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -31,7 +31,7 @@ fi
 } | tee "$OUT/env.txt" | tee -a "$LOG"
 
 # The parent stops itself (SIGTERM -> workers killed, table of the finished cases printed) before the call ends.
-timeout -s TERM $((BUDGET_S + 60)) python benchmarks/compare_mlmdm.py --device=cuda --mlmdm="$MLMDM" \
+timeout -s TERM $((BUDGET_S + 30)) python benchmarks/compare_mlmdm.py --device=cuda --mlmdm="$MLMDM" \
   --parity="$PARITY" --cases="$CASES" --reps=5 --warmup=2 --sampler_steps=5 --order=sequential \
   --timeout=240 --budget_s="$BUDGET_S" --json_out="$OUT/compare.json" --log_dir="$OUT/workers" 2>&1 | tee -a "$LOG"
 echo "exit ${PIPESTATUS[0]}" | tee -a "$LOG"

@@ -100,7 +100,8 @@ def _serve(step, sync, stats: dict[str, Any], peak_mem, warmup: int) -> None:
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    sync()
+    if warmup:
+        sync()
     stats["warmup_s"] = round(time.perf_counter() - t0, 2)
     _emit({"ready": True, **stats})
     for line in sys.stdin:

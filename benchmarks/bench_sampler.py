@@ -29,25 +29,25 @@ from mdm_jax.diffusion.spec import DiffusionSpec  # noqa: E402
 PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
 
 
-def fixture_model(name: str, batch: int, tokens: int):
+def fixture_model(name: str, batch: int, tokens: int, dtype: str = "float32", parity: Path | None = None):
     """(apply_fn, params, spec, top_shape, cond) for a parity fixture model with random weights."""
     from mdm_jax.diffusion.parity import spec_for_fixture
     from mdm_jax.models import build_model, spec_from_config
 
-    entry = json.loads((PARITY / "configs.json").read_text())["models"][name]
+    entry = json.loads((Path(parity or PARITY) / "configs.json").read_text())["models"][name]
     cfg = dict(entry["unet_config"])
     cfg["resolution"] = entry["derived"]["resolutions"][0]
-    return _flax_model(build_model(spec_from_config(cfg)), spec_for_fixture(entry), batch, tokens)
+    return _flax_model(build_model(spec_from_config(cfg), dtype=dtype), spec_for_fixture(entry), batch, tokens)
 
 
-def architecture_model(name: str, batch: int, tokens: int, power: float):
+def architecture_model(name: str, batch: int, tokens: int, power: float, dtype: str = "float32"):
     from mdm_jax.models import build_model, spec_from_config
     from mdm_jax.models.architectures import get_architecture
 
     mspec = spec_from_config(get_architecture(name))
     nest = list(mspec.scales[:-1])
     dspec = DiffusionSpec(scales=tuple(mspec.scales), schedule_shifted=len(nest) > 0, schedule_shifted_power=power)
-    return _flax_model(build_model(mspec), dspec, batch, tokens)
+    return _flax_model(build_model(mspec, dtype=dtype), dspec, batch, tokens)
 
 
 def _flax_model(model, dspec: DiffusionSpec, batch: int, tokens: int):
@@ -100,14 +100,16 @@ def main() -> None:
     ap.add_argument("--threshold", default="dynamic_if")
     ap.add_argument("--power", type=float, default=1.0, help="schedule_shifted_power for architecture models")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="computation dtype")
     args = ap.parse_args()
 
     if args.model in ("p1", "p2"):
-        apply_fn, params, spec, shape, cond, n = fixture_model(args.model, args.batch, args.tokens)
+        apply_fn, params, spec, shape, cond, n = fixture_model(args.model, args.batch, args.tokens, args.dtype)
     elif args.model == "standin":
         apply_fn, params, spec, shape, cond, n = standin_model(args.batch, 64)
     else:
-        apply_fn, params, spec, shape, cond, n = architecture_model(args.model, args.batch, args.tokens, args.power)
+        apply_fn, params, spec, shape, cond, n = architecture_model(args.model, args.batch, args.tokens, args.power,
+                                                                    args.dtype)
     use_cfg = args.guidance > 0
     if not use_cfg:
         cond = jax.tree.map(lambda a: a[: args.batch], cond)

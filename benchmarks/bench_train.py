@@ -66,12 +66,30 @@ def _model_and_diffusion(name: str, parity_path: str):
     return model, {}, 128, 2048
 
 
-def run_one(args: argparse.Namespace) -> dict:
+def synthetic_batch(batch: int, resolution: int, tokens: int, width: int, uses_text: bool = True,
+                    num_classes: int = 0, seed: int = 0) -> dict:
+    """Random images in [-1, 1] (NHWC) plus text features whose row i has ``tokens - i % tokens`` real tokens."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {"images": rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32)}
+    if uses_text:
+        mask = np.zeros((batch, tokens), np.float32)
+        for i in range(batch):
+            mask[i, : max(1, tokens - i % tokens)] = 1.0
+        out["lm_outputs"] = rng.normal(size=(batch, tokens, width)).astype(np.float32) * mask[..., None]
+        out["lm_mask"] = mask
+    if num_classes:
+        out["labels"] = np.zeros((batch,), np.int32)
+    return out
+
+
+def build_step(args: argparse.Namespace) -> dict:
+    """The compiled train step, its batch, a state factory and XLA's cost/memory analysis (nothing run yet)."""
     from absl import flags
 
     flags.FLAGS.mark_as_parsed()
     import jax
-    import numpy as np
 
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
@@ -90,17 +108,8 @@ def run_one(args: argparse.Namespace) -> dict:
                                    mixed_ratio=diffusion.get("mixed_ratio"))]
     phase = phases.build_phases(cfg)[0]
     model = model_fn.build(phase.model_config, dtype=args.dtype, remat=args.remat)
-    rng = np.random.default_rng(0)
-    r = phase.spec.resolution
-    batch = {"images": rng.uniform(-1, 1, (args.batch, r, r, 3)).astype(np.float32)}
-    if phase.spec.uses_text:
-        mask = np.zeros((args.batch, tokens), np.float32)
-        for i in range(args.batch):
-            mask[i, : max(1, tokens - i % tokens)] = 1.0
-        batch["lm_outputs"] = rng.normal(size=(args.batch, tokens, width)).astype(np.float32) * mask[..., None]
-        batch["lm_mask"] = mask
-    if phase.spec.innermost.num_classes:
-        batch["labels"] = np.zeros((args.batch,), np.int32)
+    batch = synthetic_batch(args.batch, phase.spec.resolution, tokens, width, phase.spec.uses_text,
+                            phase.spec.innermost.num_classes)
 
     # Compile first, from shapes only (XLA's compile memory is not counted on top of the state), then create
     # the state the way the trainer does: params, Adam moments and EMA in one jitted init.
@@ -116,15 +125,26 @@ def run_one(args: argparse.Namespace) -> dict:
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan")))
     mem = compiled.memory_analysis()
     mem_gb = {k: round(getattr(mem, f"{k}_size_in_bytes", 0) / 2**30, 2)
               for k in ("argument", "output", "alias", "temp")} if mem is not None else {}
+    return {"compiled": compiled, "batch": batch, "compile_s": compile_s, "xla_memory_gb": mem_gb,
+            "flops": float(cost.get("flops", float("nan"))),
+            "init_state": jax.jit(lambda k: state_lib.init_state(model.init(k, batch), tx))}
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    import jax
+    import numpy as np
+
+    built = build_step(args)
+    compiled, batch, flops = built["compiled"], built["batch"], built["flops"]
     rss_after_compile = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if args.compile_only:
-        return {"model": args.model, "batch": args.batch, "remat": args.remat, "compile_s": round(compile_s, 1),
-                "gflop_per_step": round(flops / 1e9, 2), "xla_memory_gb": mem_gb}
-    state = jax.jit(lambda k: state_lib.init_state(model.init(k, batch), tx))(jax.random.key(0))
+        return {"model": args.model, "batch": args.batch, "remat": args.remat,
+                "compile_s": round(built["compile_s"], 1), "gflop_per_step": round(flops / 1e9, 2),
+                "xla_memory_gb": built["xla_memory_gb"]}
+    state = built["init_state"](jax.random.key(0))
     for _ in range(args.warmup):
         state, metrics = compiled(state, batch, {})
     jax.block_until_ready(metrics)
@@ -139,11 +159,12 @@ def run_one(args: argparse.Namespace) -> dict:
     return {
         "model": args.model, "batch": args.batch, "dtype": args.dtype, "remat": args.remat,
         "mu_dtype": args.mu_dtype or "float32",
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": int(n_params), "compile_s": round(compile_s, 1),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": int(n_params),
+        "compile_s": round(built["compile_s"], 1),
         "step_s_median": round(step_s, 4), "step_s_min": round(min(times), 4), "steps_timed": len(times),
         "gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "peak_rss_gb_after_compile": round(rss_after_compile, 2), "xla_memory_gb": mem_gb,
+        "peak_rss_gb_after_compile": round(rss_after_compile, 2), "xla_memory_gb": built["xla_memory_gb"],
         "loss": float(metrics["loss"]),
     }
 

@@ -237,7 +237,8 @@ class MLMDMTrieTokenizer:
 
 
 def create_tokenizer(kind: str, path: str = "") -> Tokenizer:
-    """Tokenizer by name: ``'byte'``, ``'word'`` (built-in, hashed words), ``'t5'`` (local spiece.model/folder), ``'mlmdm'`` (t5.vocab)."""
+    """Tokenizer by name: ``'byte'``, ``'word'`` (built-in, hashed words), ``'t5'`` (local spiece.model/folder),
+    ``'mlmdm'`` (t5.vocab)."""
     if kind == "byte":
         return ByteTokenizer()
     if kind == "word":

@@ -34,7 +34,7 @@ def test_demo_recipe_keeps_what_makes_prompts_steer():
     assert c.data.cond_drop_prob > 0 and c.sample.guidance_weight > 1  # CFG: trained unconditional rows, used
     assert c.sample.prompt_score_images == 120  # every caption once, scored at the end of the run
     p = phases.build_phases(c)
-    assert p[0].steps >= 2 * (p[1].steps), "most of the budget belongs to the cheap 16 px phase"
+    assert p[0].steps > p[1].steps, "most of the budget belongs to the cheap 16 px phase"
 
 
 @pytest.mark.parametrize("target", ["v", "eps"])

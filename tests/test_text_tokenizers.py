@@ -1,4 +1,4 @@
-"""Tokenizers (byte, HF T5 from a local SentencePiece model, ml-mdm trie), padding rules, small text encoder."""
+"""Tokenizers (byte, word, HF T5 from a local SentencePiece model, ml-mdm trie), padding rules, small text encoder."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from mdm_jax.text.tokenizers import (
     ByteTokenizer,
     HFT5Tokenizer,
     MLMDMTrieTokenizer,
+    WordTokenizer,
+    create_tokenizer,
     encode_padded,
     tokenize_batch,
 )
@@ -32,6 +34,22 @@ def test_byte_tokenizer_and_ml_mdm_padding():
     tokens, mask = tokenize_batch(tok, ["ab", "abcd", ""], 16, pad_to_longest=True)
     assert tokens.shape == (3, 6) and mask.sum(1).tolist() == [4, 6, 2]
     assert tok.decode(encode_padded(tok, "caf\u00e9", 16)) == " caf\u00e9"
+
+
+def test_word_tokenizer_one_id_per_word_and_no_demo_collisions():
+    from mdm_jax.evaluation.shapes_score import all_prompts
+
+    tok = create_tokenizer("word")
+    assert isinstance(tok, WordTokenizer) and tok.vocab_size == 2048
+    ids = tok.encode("A red circle, in the top left")
+    assert len(ids) == 8 and ids[1] == tok.encode("red")[0] and ids[3] == tok.encode(",")[0]  # case, punctuation
+    assert all(tok.offset <= i < tok.vocab_size for i in ids)
+    assert tok.encode("") == [] and encode_padded(tok, "", 4).tolist() == [1, 0, 0, 0]  # null caption: EOS only
+    assert pickle.loads(pickle.dumps(tok)).encode("blue square") == tok.encode("blue square")  # grain workers
+    words = sorted({w for p in all_prompts() for w in p.split()})
+    assert len({tok.encode(w)[0] for w in words}) == len(words), "two demo words share a token id"
+    with pytest.raises(ValueError, match="vocab_size"):
+        WordTokenizer(3)
 
 
 def _spm_model(path) -> str:

@@ -1,6 +1,7 @@
 r"""Prompt-following of a text model trained on the procedural shapes, scored by the exact detector.
 
-At the end of every phase (when ``config.sample.prompt_score_images > 0`` and the data are procedural shapes
+At the end of every phase, or of the last one only with ``sample.prompt_score_phases='last'`` (when
+``config.sample.prompt_score_images > 0`` and the data are procedural shapes
 with text conditioning) the trainer samples that many images over all 120 captions, scores every resolution
 level with ``shapes_score``, prints the result, logs it to TensorBoard (``prompt_following/<res>px/...``) and
 writes ``prompt_score_step_<n>_<weights>.json`` next to the sample grids. On a checkpoint:
@@ -23,8 +24,14 @@ from mdm_jax import io_paths
 from mdm_jax.evaluation import shapes_score
 
 
-def applies(config: ml_collections.ConfigDict, info: Any) -> bool:
-    """Whether this run can be scored: procedural shapes, text conditioning, ``prompt_score_images`` > 0."""
+def applies(config: ml_collections.ConfigDict, info: Any, phase_index: int = -1, num_phases: int = 0) -> bool:
+    """Whether this run can be scored: procedural shapes, text conditioning, ``prompt_score_images`` > 0, and
+    (``sample.prompt_score_phases='last'``) the phase is the last one; 'all' (default) scores every phase."""
+    which = str(config.sample.get("prompt_score_phases", "all") or "all")
+    if which not in ("all", "last"):
+        raise ValueError(f"sample.prompt_score_phases: expected 'all' or 'last', got {which!r}")
+    if which == "last" and 0 <= phase_index < num_phases - 1:
+        return False
     return (int(config.sample.get("prompt_score_images", 0) or 0) > 0
             and config.data.get("name") == "procedural_shapes" and getattr(info, "conditioning", "") == "text")
 

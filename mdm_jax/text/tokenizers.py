@@ -6,8 +6,9 @@ are truncated here (keeping EOS last) where ml-mdm dropped the sample.  Training
 ``max_length`` so jitted shapes stay static; ``tokenize_batch(..., pad_to_longest=True)`` reproduces ml-mdm's
 inference padding (longest sequence in the batch), which matters because ml-mdm's cross-attention is unmasked.
 
-Three tokenizers, all picklable for grain worker processes and none downloading anything:
+Four tokenizers, all picklable for grain worker processes and none downloading anything:
 * ``ByteTokenizer``: UTF-8 bytes (+3 offset), no vocabulary file; for the small trainable text encoder offline.
+* ``WordTokenizer``: words hashed into a fixed vocabulary, no file; for a small encoder on a closed vocabulary.
 * ``HFT5Tokenizer``: transformers' T5 tokenizer from a local ``spiece.model`` or tokenizer folder (FLAN-T5 ids).
 * ``MLMDMTrieTokenizer``: ml-mdm's own tokenizer (minimum-cost lattice over ml-mdm's ``data/t5.vocab``), for exact
   token-id parity with ml-mdm checkpoints; same ids as T5, but differs from SentencePiece on whitespace runs,
@@ -17,6 +18,7 @@ Three tokenizers, all picklable for grain worker processes and none downloading 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -76,6 +78,32 @@ class ByteTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         data = bytes(int(i) - self.offset for i in ids if int(i) >= self.offset)
         return data.decode("utf-8", errors="replace")
+
+
+class WordTokenizer:
+    """Words (lower-cased runs of letters/digits, and single punctuation marks) hashed into a fixed vocabulary:
+    pad=0, eos=1, unk=2, word -> 3 + crc32(word) mod (vocab_size - 3). Needs no vocabulary file.
+
+    For a text encoder trained from scratch on a small closed vocabulary (the procedural-shapes demo): each word
+    is one token, so "red" and "blue" are different embedding rows from the first step, where byte tokens make
+    the encoder learn to spell before the caption can steer anything. Distinct words may share an id (hashing
+    trick); with the default 2048 rows that is rare for a vocabulary of tens of words and is checked by tests.
+    """
+
+    pad_id = PAD_ID
+    eos_id = EOS_ID
+    offset = 3
+
+    def __init__(self, vocab_size: int = 2048):
+        if vocab_size <= self.offset:
+            raise ValueError(f"WordTokenizer: vocab_size must exceed {self.offset}, got {vocab_size}")
+        self.vocab_size = int(vocab_size)
+
+    def encode(self, text: str) -> list[int]:
+        import zlib
+
+        words = re.findall(r"\w+|[^\w\s]", text.lower())
+        return [self.offset + zlib.crc32(w.encode("utf-8")) % (self.vocab_size - self.offset) for w in words]
 
 
 class HFT5Tokenizer:
@@ -209,11 +237,14 @@ class MLMDMTrieTokenizer:
 
 
 def create_tokenizer(kind: str, path: str = "") -> Tokenizer:
-    """Tokenizer by name: ``'byte'`` (built-in), ``'t5'`` (local spiece.model/folder), ``'mlmdm'`` (t5.vocab)."""
+    """Tokenizer by name: ``'byte'``, ``'word'`` (built-in, hashed words), ``'t5'`` (local spiece.model/folder),
+    ``'mlmdm'`` (t5.vocab)."""
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "word":
+        return WordTokenizer()
     if kind == "t5":
         return HFT5Tokenizer(path)
     if kind == "mlmdm":
         return MLMDMTrieTokenizer(path)
-    raise ValueError(f"unknown tokenizer {kind!r}; expected 'byte', 't5' or 'mlmdm'")
+    raise ValueError(f"unknown tokenizer {kind!r}; expected 'byte', 'word', 't5' or 'mlmdm'")

@@ -177,11 +177,11 @@ def data_info(config: ml_collections.ConfigDict, phase: phases_lib.Phase, hosts:
         kw["max_length"] = int(text.get("max_length", 128))
         if config.get("text_encoder"):
             kind = str(text.get("tokenizer", "t5"))
-            if kind == "byte":
-                from mdm_jax.text.tokenizers import ByteTokenizer
+            if kind in ("byte", "word"):
+                from mdm_jax.text.tokenizers import create_tokenizer
 
-                kw["tokenizer"] = ByteTokenizer()
-                kw["vocab_size"] = ByteTokenizer.vocab_size
+                kw["tokenizer"] = create_tokenizer(kind)
+                kw["vocab_size"] = kw["tokenizer"].vocab_size
             else:  # the T5 vocabulary (only its size matters for a trainable encoder's embedding)
                 kw["tokenizer"] = kind
                 kw["vocab_size"] = FLAN_T5_XL["vocab_size"]

@@ -109,6 +109,7 @@ def sample(**overrides: Any) -> ConfigDict:
         output_dir="",  # sample mode: default <workdir>/samples
         debug=False,  # run the sampler step in a Python loop (breakpoints, prints)
         prompt_score_images=0,  # procedural shapes + text: score this many samples per phase end (exact detector)
+        prompt_score_phases="all",  # 'all' | 'last': which phases' end (and interval) samples are scored
     ), type_safe=False)
     cfg.update(overrides)
     return cfg

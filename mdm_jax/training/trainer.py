@@ -289,7 +289,7 @@ class Trainer:
             sampling.write_grids(levels, captions, run.phase.spec.resolutions,
                                  io_paths.join(self.workdir, "samples", run.phase.name), step, self.writer,
                                  tiles=run.phase.spec.level_tiles, weights=weights)
-            if prompt_following.applies(self.config, run.info):
+            if prompt_following.applies(self.config, run.info, run.phase.index, len(self.phases)):
                 prompt_following.score_and_report(
                     run.model, run.phase, params, run.info, cfg, step, weights, self.writer,
                     io_paths.join(self.workdir, "samples", run.phase.name), frozen=run.frozen)

@@ -1,7 +1,7 @@
 r"""The README's TPU plan table: every phase of every paper config at its global batch, compiled (compile-only,
 no TPU) for growing v5p and v6e slices until it fits, next to the paper's reported A100 cost (Table 3).
 
-  python benchmarks/compile_plans.py --out /tmp/plans            # all configs, both chips (slow: many compiles)
+  python benchmarks/compile_plans.py                  # all configs, both chips, into benchmarks/tpu_plans (slow)
   python benchmarks/compile_plans.py --chips v5p --configs imagenet64
 
 Each compile runs ``python -m mdm_jax.main --mode=compile`` in its own process (train step only:
@@ -144,7 +144,8 @@ def table(rows: list[tuple[str, str, str, dict | None, str]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="/tmp/mdm_compile_plans", help="folder for the per-compile JSON and logs")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "tpu_plans"),
+                    help="folder for the per-compile JSON (kept in git) and logs (ignored)")
     ap.add_argument("--chips", nargs="+", default=["v5p", "v6e"], choices=sorted(SLICES))
     ap.add_argument("--configs", nargs="+", default=list(CONFIG_PHASES), choices=list(CONFIG_PHASES))
     ap.add_argument("--timeout", type=int, default=7200, help="seconds per compile")

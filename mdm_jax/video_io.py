@@ -33,6 +33,16 @@ def _publish(tmp: Path, path: str | os.PathLike) -> None:
         os.replace(tmp, path)
 
 
+def import_av(what: str):
+    """PyAV (an optional extra), or one ImportError line naming ``what`` needs it and how to install it."""
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError(f"{what} needs PyAV, which is not installed: pip install av "
+                          f"(or pip install -e '.[video]')") from e
+    return av
+
+
 def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0, scale: int = 1) -> Path:
     """Looping animated GIF; ``scale`` enlarges small frames by pixel replication."""
     dest, path = os.fspath(path), Path(path)
@@ -49,7 +59,7 @@ def write_gif(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0, sca
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: float = 8.0, scale: int = 1) -> Path:
     """MP4 with PyAV (pip ``av``)."""
-    import av
+    av = import_av("writing MP4")
 
     dest, path = os.fspath(path), Path(path)
     frames = np.asarray(frames, np.uint8)

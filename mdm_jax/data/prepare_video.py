@@ -102,8 +102,9 @@ def prepare_files(out: Path, files: list[str], caption: str, clip_frames: int) -
 
 
 def _all_frames(path: str, max_side: int = 512) -> np.ndarray:
-    import av
     from PIL import Image
+
+    av = video_io.import_av("--source files")
 
     out = []
     with av.open(path) as container:
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-frames", type=int, default=64, help="files: cut into clips of this many frames (0: copy)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    try:
+        video_io.import_av("prepare_video (it writes MP4)")
+    except ImportError as e:
+        raise SystemExit(str(e)) from e
     args.out.mkdir(parents=True, exist_ok=True)
     if args.source == "shapes":
         rows = prepare_shapes(args.out, args.num, args.frames, args.size, args.seed)
@@ -141,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.files:
             p.error("--source files needs input files")
         rows = prepare_files(args.out, args.files, args.caption, args.clip_frames)
+        if not rows:
+            raise SystemExit(f"--source files: none of the {len(args.files)} input files gave a clip (see above)")
     captions = args.out / "captions.csv"
     existing = {}
     if captions.exists():

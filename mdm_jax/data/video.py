@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mdm_jax import video_io
 from mdm_jax.data import image_ops, procedural
 from mdm_jax.data.file_sources import MissingDataError
 
@@ -142,8 +143,7 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
 
 def decode_clip(path: str, frames: int, stride: int, start: int, rng: np.random.Generator) -> np.ndarray:
     """(frames, H, W, 3) uint8 frames start, start+stride, ... decoded with PyAV (evenly spread if too short)."""
-    import av
-
+    av = video_io.import_av("decoding video files")
     with av.open(path) as container:
         stream = container.streams.video[0]
         total = int(stream.frames or 0)
@@ -183,6 +183,7 @@ class VideoFolderSource:
         if not data_dir or not os.path.isdir(data_dir):
             raise MissingDataError(f"video_folder: data_dir {data_dir!r} does not exist; put video files there (or "
                                    f"run `python -m mdm_jax.data.prepare_video` for offline clips)")
+        video_io.import_av("data.name='video_folder'")  # fail here, not as every clip skipped as unreadable
         self.frames, self.stride, self.start, self.seed = int(frames), int(stride), int(start), int(seed)
         n = tiles_for(self.frames)
         if resolution % n:

@@ -9,6 +9,11 @@
 # parity fixtures' configs.json; WHEELS (optional): a folder of wheels installed first with pip --no-index;
 # BUDGET_S: seconds for all cases (default 450). Results go to $OUT as they come: compare.json (rewritten after
 # every case), compare.log (everything printed), env.txt, worker logs under $OUT/workers/.
+# Prepared for the device tool (this workplace): in the repo root, copy the checkout and configs.json into an
+# ignored folder (.devcarry/mlmdm_src, .devcarry/parity/configs.json) and download the wheels the GPU image lacks
+# (ml_collections; grain, array_record and portpicker only if the trainer is imported) into .whl/; then one run with
+# carry [".devcarry", ".whl"], timeout_s ~560 and
+#   OUT=$OUT MLMDM=.devcarry/mlmdm_src PARITY=.devcarry/parity WHEELS=.whl BUDGET_S=450 bash benchmarks/gpu_run.sh
 set -u
 OUT=${OUT:-/tmp/compare_out}
 MLMDM=${MLMDM:-carry/mlmdm_src}

@@ -221,6 +221,18 @@ def test_resume_with_renamed_phases_stops_and_keeps_checkpoints(reference, tmp_p
     assert "'nested'" in message and "first" in message and "second" in message
 
 
+def test_lengthened_last_phase_resumes_from_its_final_checkpoint(reference, tmp_path):
+    """Training a finished run longer: the phase's final checkpoint holds no data-iterator state, and the run
+    goes on from it (a fresh data stream) instead of stopping with a resume error."""
+    workdir = _copy_reference(reference, tmp_path)
+    config = tiny_config()
+    config.phases[1].steps += 2
+    trainer, messages = run_collecting_logs(config, workdir)
+    assert int(trainer.state.step) == 14 and [s for s, _ in trainer.history] == [14]
+    assert any("holds no data-iterator state" in m for m in messages)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+
+
 def _inject_read_errors(monkeypatch, workdir, failures):
     """The first ``failures`` reads of the newest checkpoint's meta item (the first file a resume reads) raise
     EIO, as a flaky disk or bucket would."""

@@ -165,6 +165,11 @@ class Checkpointer:
     def step_dir(self, step: int) -> str:
         return io_paths.join(self.directory, str(step))
 
+    def has_data(self, step: int) -> bool:
+        """Whether ``step`` saved the data iterator (a phase's final checkpoint does not)."""
+        return retrying(lambda: io_paths.isdir(io_paths.join(self.step_dir(step), "data")),
+                        f"{self.step_dir(step)}/data")
+
     def restore_meta(self, step: int) -> dict[str, Any]:
         return retrying(lambda: dict(self.manager.restore(
             step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta), f"{self.step_dir(step)}/meta")

@@ -205,8 +205,13 @@ class Trainer:
         run = setup_phase(self.config, self.phases[idx], self.mesh, self._text_cache)
         items, ema = run.abstract.checkpoint_items()
         mid_phase = step < run.phase.end_step
+        with_data = mid_phase and self.ckpt.has_data(step)
+        if mid_phase and not with_data:  # the phase ended here before its steps were raised: train it longer
+            logging.warning("Checkpoint %d ended phase '%s' and holds no data-iterator state; the phase now runs "
+                            "to step %d, so its data stream restarts from the phase's first batch",
+                            step, run.phase.name, run.phase.end_step)
         restored = self.ckpt.restore(step, abstract_state=items, abstract_ema=ema,
-                                     data_iterator=run.data if mid_phase else None)
+                                     data_iterator=run.data if with_data else None)
         state = state_lib.TrainState.from_items(restored["state"], restored["ema"])
         if int(state.step) != step:
             raise ValueError(f"checkpoint {step} holds a state at step {int(state.step)}")

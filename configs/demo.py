@@ -16,10 +16,9 @@ What makes the prompts steer (measured, see README): captions are tokenized by w
 after ~1,500 steps); and the loss targets v, not epsilon: the prompt decides the layout only at high noise,
 where an epsilon loss weights the image error by alpha^2 ~ 0 (position stayed at chance, 20%, after 2,100 steps
 with colour at 97%). Most of the budget goes to the cheap 16 px phase, where colour and position are learned (600
-steps: 86.7% colour+position at 16 px). The new 32 px level is the bottleneck: after 150 steps it is noise (0% at
-32 px, 90% at 16 px); after 250 (this recipe) 32 px 49.2% (position 99.2%, colour 50%: samples still grainy, colour
-purity fails), 16 px 88.3%. Not yet the 80% goal at 32 px. Warm-up stays at 100 steps: with 50, two runs
-learned colour but left position at chance.
+steps: 86.7% colour+position at 16 px). The new 32 px level needs its own steps: after 150 it is noise, after 250
+32 px 49.2% (grainy, colour purity fails), after 450 (this recipe) 32 px 96.7% and 16 px 98.3% colour+position.
+Warm-up stays at 100 steps: with 50, two runs learned colour but left position at chance.
 
 ``:tiny`` is a seconds-long version of the same run used by the tests.
 """
@@ -49,7 +48,7 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
         steps = (6, 6)
         bs = 8
     else:
-        steps = (600, 250)
+        steps = (600, 450)
         bs = 16
     c.phases = [
         config_lib.phase("inner", model=inner, batch_size=bs, steps=steps[0]),

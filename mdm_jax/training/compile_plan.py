@@ -127,6 +127,7 @@ def topology_devices(topology: str) -> list[Any]:
         raise ValueError(f"compile.topology={topology!r}: expected '<chip>:<shape>', e.g. 'v5p:2x2x1' or 'v6e:2x2'")
     # libtpu takes a machine-wide lock file; a compile-only client needs no exclusive access to a TPU.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    describe_host_to_libtpu(topology)
     try:
         import libtpu  # noqa: F401
     except ImportError as e:
@@ -135,6 +136,27 @@ def topology_devices(topology: str) -> list[Any]:
     from jax.experimental import topologies
 
     return list(topologies.get_topology_desc(topology, "tpu").devices)
+
+
+def describe_host_to_libtpu(topology: str) -> None:
+    """Off a TPU VM, give libtpu the host facts it otherwise looks up from the VM metadata. Its lookup fails
+    there, stores the failure's warning text as the worker hostname and logs an INVALID_ARGUMENT with a
+    "Source Location Trace" on every compile. Values already set, and real TPU VMs, are left alone."""
+    try:
+        from jax._src import hardware_utils
+
+        if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+            return
+    except Exception:  # noqa: BLE001 - a private helper; without it, say nothing rather than guess
+        return
+    chip, shape = topology.split(":")
+    chips = int(np.prod([int(s) for s in shape.split("x")]))
+    # Accelerator-type names count TensorCores on v4/v5p (two per chip) and chips on the lite generations.
+    name = {"v4": f"v4-{2 * chips}", "v5p": f"v5p-{2 * chips}", "v5e": f"v5litepod-{chips}"}.get(
+        chip, f"{chip}-{chips}")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", name)
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_WORKER_ID", "0")
 
 
 def chip_of(devices: Sequence[Any], topology: str) -> tuple[Chip, float]:

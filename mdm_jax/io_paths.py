@@ -8,6 +8,7 @@ Local paths are made absolute (Orbax wants absolute checkpoint paths); URLs are 
 from __future__ import annotations
 
 import os
+import tempfile
 
 from etils import epath
 
@@ -87,6 +88,30 @@ def write_bytes(p: str | os.PathLike, data: bytes) -> None:
     tmp = target.parent / f".{target.name}.tmp{os.getpid()}"
     tmp.write_bytes(data)
     os.replace(tmp, target)
+
+
+def staging_path(p: str | os.PathLike) -> str:
+    """Where to write a file that a library can only write locally (encoders, ArrayRecord) before ``publish``:
+    a hidden sibling locally, a fresh temporary folder for a URL."""
+    if is_url(p):  # (pathlib would fold "gs://" into "gs:/")
+        return os.path.join(tempfile.mkdtemp(prefix="mdm_stage_"), os.path.basename(os.fspath(p).rstrip("/")))
+    head, name = os.path.split(os.path.abspath(os.fspath(p)))
+    stem, ext = os.path.splitext(name)
+    return os.path.join(head, f".{stem}.tmp{ext}")
+
+
+def publish(staged: str, p: str | os.PathLike) -> None:
+    """Put a file written at ``staging_path(p)`` in place: a rename locally, a streamed upload of one object on a
+    store (readers never see a partial file either way)."""
+    if not is_url(p):
+        os.replace(staged, os.fspath(p))
+        return
+    import fsspec
+
+    fs, remote = fsspec.core.url_to_fs(os.fspath(p))
+    fs.put_file(staged, remote)
+    os.unlink(staged)
+    os.rmdir(os.path.dirname(staged))
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:

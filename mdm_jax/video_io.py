@@ -8,7 +8,6 @@ name, then renamed into place (local) or uploaded as one object (``gs://``, thro
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +17,11 @@ from mdm_jax import io_paths
 
 
 def _tmp(path: str | os.PathLike) -> Path:
-    if io_paths.is_url(path):  # (pathlib would fold "gs://" into "gs:/")
-        return Path(tempfile.mkdtemp(prefix="mdm_video_")) / os.path.basename(os.fspath(path))
-    path = Path(path)
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+    return Path(io_paths.staging_path(path))
 
 
 def _publish(tmp: Path, path: str | os.PathLike) -> None:
-    if io_paths.is_url(path):
-        io_paths.write_bytes(path, tmp.read_bytes())
-        tmp.unlink()
-        tmp.parent.rmdir()
-    else:
-        os.replace(tmp, path)
+    io_paths.publish(str(tmp), path)
 
 
 def import_av(what: str):

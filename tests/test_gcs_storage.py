@@ -7,6 +7,7 @@ The training round trip (train -> SIGKILL -> resume, workdir gs://) is in test_t
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import tarfile
 
@@ -137,3 +138,60 @@ def test_file_data_sources_read_from_gcs(emulator, tmp_path):
 
     with pytest.raises(MissingDataError, match="gs://mdm-unit/data/typo"):
         _all({**common, "name": "webdataset", "data_dir": f"{remote}/typo"})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("av") is None, reason="PyAV is not installed (pip install -e '.[video]')")
+def test_video_data_prepared_and_read_on_gcs(emulator, tmp_path):
+    """prepare_video writes clips + captions to gs://, and the video_folder source reads them back (PyAV on a
+    ranged reader) exactly as from a local folder."""
+    from mdm_jax.data import prepare_video
+    from mdm_jax.data.video import VideoFolderSource
+
+    args = ["--source", "shapes", "--num", "2", "--frames", "4", "--size", "16"]
+    remote = f"gs://{BUCKET}/videos"
+    assert prepare_video.main(["--out", remote, *args]) == 0
+    assert prepare_video.main(["--out", str(tmp_path / "videos"), *args]) == 0
+    assert sorted(o.rsplit("/", 1)[1] for o in emulator.objects("videos/")) == sorted(
+        p.name for p in (tmp_path / "videos").iterdir())
+    got = VideoFolderSource(remote, resolution=32, frames=4, stride=1, start=0)
+    want = VideoFolderSource(str(tmp_path / "videos"), resolution=32, frames=4, stride=1, start=0)
+    assert [c for _, c in got.items] == [c for _, c in want.items] and len(got) == 2
+    for i in range(len(got)):
+        np.testing.assert_array_equal(got[i]["image"], want[i]["image"])
+
+
+def test_eval_classifier_and_compile_plan_files_on_gcs(emulator):
+    from mdm_jax.evaluation import classifier
+    from mdm_jax.training import compile_plan
+
+    params = {"conv0": {"kernel": np.ones((3, 3, 3, 4), np.float32)}}
+    classifier.save(f"gs://{BUCKET}/clf", params, {"num_classes": 3, "width": 4, "feature_dim": 8})
+    _, loaded, meta = classifier.load(f"gs://{BUCKET}/clf/classifier.npz")
+    np.testing.assert_array_equal(loaded["conv0"]["kernel"], params["conv0"]["kernel"])
+    assert meta["num_classes"] == 3
+    plan = compile_plan.PhasePlan(phase="64", resolutions="64", batch=8, steps=10, topology="v5p:2x2x1",
+                                  chip="v5p", devices=4, hosts=1, mesh={"data": 4, "fsdp": 1}, params=123,
+                                  hbm=95e9, flops=1e12, peak_flops=459e12)
+    compile_plan.write_json([plan], f"gs://{BUCKET}/plans/p.json")
+    (back,) = json.loads(io_paths.read_text(f"gs://{BUCKET}/plans/p.json"))
+    assert back["params"] == 123 and back["topology"] == "v5p:2x2x1"
+
+
+def test_precomputed_text_embeddings_written_to_gcs(emulator, tmp_path):
+    """The precompute command publishes its ArrayRecord file, null embedding and meta to gs:// as whole objects."""
+    from mdm_jax.data import precomputed
+    from mdm_jax.text.precompute import precompute
+    from mdm_jax.text.tokenizers import ByteTokenizer
+
+    def encode(tokens, mask):
+        return np.repeat(tokens[..., None].astype(np.float32), 2, -1) * mask[..., None]
+
+    data = {"name": "procedural_shapes", "resolution": 8, "num_examples": 6, "text": {"null_caption": "nothing"}}
+    remote = f"gs://{BUCKET}/emb"
+    for out in (remote, str(tmp_path)):
+        precompute(data, encode, ByteTokenizer(), out, ("train",), batch_size=4)
+    assert sorted(o.rsplit("/", 1)[1] for o in emulator.objects("emb/")) == sorted(
+        p.name for p in tmp_path.iterdir())
+    assert precomputed.load_meta(remote) == precomputed.load_meta(str(tmp_path))
+    assert io_paths.read_bytes(precomputed.record_path(remote, "train")) == \
+        (tmp_path / "train.array_record").read_bytes()

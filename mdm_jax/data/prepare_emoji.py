@@ -13,12 +13,14 @@ tone"), labels = category (10) and subcategory (99).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 
 import numpy as np
 from PIL import Image
 
+from mdm_jax import io_paths
 from mdm_jax.data.image_ops import _to_rgb
 from mdm_jax.data.packaged_sources import EMOJI_FILE, EMOJI_META
 
@@ -66,8 +68,10 @@ def prepare(src: str, out: str, size: int = 64) -> int:
             rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
         images[len(kept)] = np.asarray(rgb)
         kept.append((png, caption, categories.index(cat), subcategories.index(sub)))
-    os.makedirs(out, exist_ok=True)
-    np.save(os.path.join(out, EMOJI_FILE), images[: len(kept)])
+    io_paths.makedirs(out)  # local or gs://; each file is written whole
+    buf = io.BytesIO()
+    np.save(buf, images[: len(kept)])
+    io_paths.write_bytes(io_paths.join(out, EMOJI_FILE), buf.getvalue())
     meta = {
         "source": "npm emoji-datasource-google (images Apache-2.0 Google Noto; data MIT)",
         "files": [k[0] for k in kept],
@@ -77,8 +81,7 @@ def prepare(src: str, out: str, size: int = 64) -> int:
         "category_names": categories,
         "subcategory_names": subcategories,
     }
-    with open(os.path.join(out, EMOJI_META), "w", encoding="utf-8") as f:
-        json.dump(meta, f)
+    io_paths.write_text(io_paths.join(out, EMOJI_META), json.dumps(meta))
     return len(kept)
 
 

@@ -9,20 +9,23 @@ Optional: the ``fashion_mnist`` source also reads the idx files in place (the de
 from __future__ import annotations
 
 import argparse
-import os
+import io
 
 import numpy as np
 
+from mdm_jax import io_paths
 from mdm_jax.data.packaged_sources import FASHION_MNIST_DIR, load_fashion_mnist
 
 
 def prepare(src: str, out: str) -> dict[str, int]:
     """Writes one npz (images uint8 (N,28,28), labels int32) per split; returns sizes."""
-    os.makedirs(out, exist_ok=True)
+    io_paths.makedirs(out)
     sizes = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images, labels = load_fashion_mnist(src, split)
-        np.savez(os.path.join(out, f"fashion_mnist_{prefix}.npz"), images=images, labels=labels)
+        buf = io.BytesIO()
+        np.savez(buf, images=images, labels=labels)
+        io_paths.write_bytes(io_paths.join(out, f"fashion_mnist_{prefix}.npz"), buf.getvalue())
         sizes[split] = len(labels)
     return sizes
 

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
+import io
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from mdm_jax import video_io
+from mdm_jax import io_paths, video_io
 
 
 def _caption_from_name(path: str) -> str:
@@ -86,7 +85,7 @@ def prepare_files(out: Path, files: list[str], caption: str, clip_frames: int) -
         try:
             if clip_frames <= 0:
                 name = Path(f).name
-                shutil.copyfile(f, out / name)
+                io_paths.write_bytes(out / name, Path(f).read_bytes())
                 rows.append((name, cap))
                 continue
             frames = _all_frames(f)
@@ -123,7 +122,7 @@ def _all_frames(path: str, max_side: int = 512) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mdm_jax.data.prepare_video", description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="*", help="--source files: input video files")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=io_paths.path, help="output folder, local or gs://")
     p.add_argument("--source", choices=("shapes", "atari", "files"), default="shapes")
     p.add_argument("--num", type=int, default=100, help="clips (shapes: total; atari: per game)")
     p.add_argument("--frames", type=int, default=64, help="frames per written clip (shapes: a square)")
@@ -151,15 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     captions = args.out / "captions.csv"
     existing = {}
     if captions.exists():
-        with open(captions, newline="") as fh:
-            existing = {r["path"]: r["caption"] for r in csv.DictReader(fh)}
+        existing = {r["path"]: r["caption"] for r in csv.DictReader(io.StringIO(captions.read_text(), newline=""))}
     existing.update(dict(rows))
-    tmp = captions.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "caption"])
-        w.writerows(sorted(existing.items()))
-    os.replace(tmp, captions)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["path", "caption"])
+    w.writerows(sorted(existing.items()))
+    io_paths.write_text(captions, buf.getvalue())  # whole file: renamed into place locally, one object on gs://
     print(f"wrote {len(rows)} clips to {args.out} ({len(existing)} in {captions.name})")
     return 0
 

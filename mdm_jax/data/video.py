@@ -14,6 +14,7 @@ Frame f of a clip sits at mosaic tile (f // n, f % n), n = sqrt(frames); ``mosai
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mdm_jax import video_io
+from mdm_jax import io_paths, video_io
 from mdm_jax.data import image_ops, procedural
 from mdm_jax.data.file_sources import MissingDataError
 
@@ -116,13 +117,14 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
     """CSV/TSV with a header: a file column (path/file/filename/videoid/video_id/name of file) and a caption column
     (caption/text/name/title). Keys are file stems and relative paths, so WebVid's ``videoid`` matches
     ``<videoid>.mp4`` anywhere under the data folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingDataError(f"captions file {str(path)!r} not found; give a CSV/TSV with file and caption columns")
-    with open(path, newline="", encoding="utf-8") as fh:
+    path = os.fspath(path)
+    if not io_paths.isfile(path):
+        raise MissingDataError(f"captions file {path!r} not found; give a CSV/TSV with file and caption columns")
+    with io.StringIO(io_paths.read_text(path), newline="") as fh:
         sample = fh.read(4096)
         fh.seek(0)
-        delim = "\t" if path.suffix.lower() in (".tsv", ".txt") or sample.count("\t") > sample.count(",") else ","
+        suffix = os.path.splitext(path)[1].lower()
+        delim = "\t" if suffix in (".tsv", ".txt") or sample.count("\t") > sample.count(",") else ","
         reader = csv.DictReader(fh, delimiter=delim)
         fields = {name.lower(): name for name in reader.fieldnames or ()}
         file_keys = ("path", "file", "filename", "videoid", "video_id", "video")
@@ -144,7 +146,8 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
 def decode_clip(path: str, frames: int, stride: int, start: int, rng: np.random.Generator) -> np.ndarray:
     """(frames, H, W, 3) uint8 frames start, start+stride, ... decoded with PyAV (evenly spread if too short)."""
     av = video_io.import_av("decoding video files")
-    with av.open(path) as container:
+    # Object-store files are opened as seekable ranged readers (PyAV takes file objects).
+    with av.open(io_paths.open_file(path, "rb") if io_paths.is_url(path) else path) as container:
         stream = container.streams.video[0]
         total = int(stream.frames or 0)
         span = stride * (frames - 1) + 1
@@ -180,7 +183,7 @@ class VideoFolderSource:
 
     def __init__(self, data_dir: str, resolution: int, frames: int = 16, stride: int = 4, start: int = -1,
                  captions_file: str = "", seed: int = 0, files: Sequence[str] | None = None):
-        if not data_dir or not os.path.isdir(data_dir):
+        if not data_dir or not io_paths.isdir(data_dir):
             raise MissingDataError(f"video_folder: data_dir {data_dir!r} does not exist; put video files there (or "
                                    f"run `python -m mdm_jax.data.prepare_video` for offline clips)")
         video_io.import_av("data.name='video_folder'")  # fail here, not as every clip skipped as unreadable
@@ -189,17 +192,18 @@ class VideoFolderSource:
         if resolution % n:
             raise ValueError(f"data.resolution: {resolution} is not divisible into {n}x{n} frames")
         self.frame_size = int(resolution) // n
-        root = Path(data_dir)
-        paths = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS) if files is None \
-            else list(files)
+        root = io_paths.resolve(data_dir).rstrip("/")  # local or gs://
+        paths = sorted(p for p in io_paths.walk_files(root) if os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS) \
+            if files is None else list(files)
         caps = read_captions(captions_file) if captions_file else None
         if caps is None:
-            default = root / "captions.csv" if (root / "captions.csv").exists() else root / "captions.tsv"
-            caps = read_captions(default) if default.exists() else None
+            default = next((d for d in (io_paths.join(root, "captions.csv"), io_paths.join(root, "captions.tsv"))
+                            if io_paths.isfile(d)), None)
+            caps = read_captions(default) if default else None
         self.items: list[tuple[str, str]] = []
         self.missing = 0
         for p in paths:
-            rel = os.path.relpath(p, root)
+            rel = p[len(root) + 1:] if p.startswith(root + "/") else os.path.basename(p)
             if caps is None:
                 self.items.append((p, Path(p).parent.name.replace("_", " ")))
             elif rel in caps or Path(p).stem in caps:

@@ -9,8 +9,8 @@ class samples, "GAN-test") measure samples where no ImageNet network is availabl
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import time
 from typing import Any
 
@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+
+from mdm_jax import io_paths
 
 
 class SmallCNN(nn.Module):
@@ -60,25 +62,29 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return tree
 
 
+def directory(path: str) -> str:
+    """The classifier's directory, given it or its classifier.npz (local or gs://)."""
+    return io_paths.resolve(path).rstrip("/") if io_paths.isdir(path) else io_paths.resolve(path).rsplit("/", 1)[0]
+
+
 def save(out_dir: str, params: Any, meta: dict[str, Any]) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, "classifier.tmp.npz")
-    np.savez(tmp, **flatten(jax.device_get(params)))
-    os.replace(tmp, os.path.join(out_dir, "classifier.npz"))
-    with open(os.path.join(out_dir, "classifier.json"), "w") as f:
-        json.dump(meta, f, indent=2)
+    """Weights then sidecar, each written whole (the sidecar last: its presence means the weights are there)."""
+    io_paths.makedirs(out_dir)
+    buf = io.BytesIO()
+    np.savez(buf, **flatten(jax.device_get(params)))
+    io_paths.write_bytes(io_paths.join(out_dir, "classifier.npz"), buf.getvalue())
+    io_paths.write_text(io_paths.join(out_dir, "classifier.json"), json.dumps(meta, indent=2))
 
 
 def load(path: str) -> tuple[SmallCNN, Any, dict[str, Any]]:
     """(module, params, meta) from a directory written by ``save`` (or its classifier.npz)."""
-    d = path if os.path.isdir(path) else os.path.dirname(path)
-    npz, js = os.path.join(d, "classifier.npz"), os.path.join(d, "classifier.json")
-    if not (os.path.isfile(npz) and os.path.isfile(js)):
+    d = directory(path)
+    npz, js = io_paths.join(d, "classifier.npz"), io_paths.join(d, "classifier.json")
+    if not (io_paths.isfile(npz) and io_paths.isfile(js)):
         raise FileNotFoundError(f"eval classifier: {d!r} has no classifier.npz/classifier.json; train one with "
                                 "`python -m mdm_jax.evaluation.classifier --config=<your config> --out=DIR`")
-    with open(js) as f:
-        meta = json.load(f)
-    with np.load(npz, allow_pickle=False) as z:
+    meta = json.loads(io_paths.read_text(js))
+    with np.load(io.BytesIO(io_paths.read_bytes(npz)), allow_pickle=False) as z:
         params = unflatten({k: z[k] for k in z.files})
     module = SmallCNN(int(meta["num_classes"]), int(meta["width"]), int(meta["feature_dim"]))
     return module, params, meta

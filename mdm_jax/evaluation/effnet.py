@@ -15,13 +15,15 @@ uint8-valued RGB, ``(x - 127) / 128``, resized to ``input_size`` (224 as trained
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mdm_jax import io_paths
 
 _HI = jax.lax.Precision.HIGHEST
 BN_EPS = 1e-3
@@ -115,17 +117,17 @@ def convert(out: str, pth: str = "") -> str:
     model.load_state_dict(torch.load(pth, map_location="cpu", weights_only=True))
     model.eval()
     arrays = arrays_from_torch(model)
-    tmp = out + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    io_paths.write_bytes(out, buf.getvalue())  # whole file at once, local or gs://
     return out
 
 
 def load(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
+    if not io_paths.isfile(path):
         raise FileNotFoundError(f"EfficientNet-Lite0 npz {path!r} not found: convert it once with "
                                 "`python -m mdm_jax.evaluation.effnet --out=PATH` (see its docstring)")
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(io_paths.read_bytes(path)), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     if "meta/num_blocks" not in arrays:
         raise ValueError(f"{path}: not an EfficientNet-Lite0 npz written by mdm_jax.evaluation.effnet")

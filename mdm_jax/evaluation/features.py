@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from mdm_jax import io_paths
 
 
 @dataclasses.dataclass
@@ -74,7 +75,7 @@ class FeatureNet:
 def file_digest(*paths: str) -> str:
     h = hashlib.sha256()
     for p in paths:
-        with open(p, "rb") as f:
+        with io_paths.open_file(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:12]
@@ -85,8 +86,7 @@ def classifier_net(path: str) -> FeatureNet:
     from mdm_jax.evaluation import classifier
 
     module, params, meta = classifier.load(path)
-    d = path if os.path.isdir(path) else os.path.dirname(path)
-    key = f"classifier-{file_digest(os.path.join(d, 'classifier.npz'))}"
+    key = f"classifier-{file_digest(io_paths.join(classifier.directory(path), 'classifier.npz'))}"
     return FeatureNet("FD_classifier", key, int(meta["resolution"]), lambda p, x: module.apply({"params": p}, x),
                       lambda x: (x - 127.0) / 128.0, params=params, has_logits=True, meta=meta)
 

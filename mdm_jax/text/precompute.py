@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import io
 import json
 import os
 from collections.abc import Callable
 
 import numpy as np
 
+from mdm_jax import io_paths
 from mdm_jax.data import precomputed
 from mdm_jax.text import tokenizers as tok_lib
 
@@ -40,9 +42,10 @@ def precompute_split(
     """Writes ``<split>.array_record`` for ``source`` (index order); returns the number of records."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    os.makedirs(out_dir, exist_ok=True)
+    io_paths.makedirs(out_dir)
     path = precomputed.record_path(out_dir, split)
-    writer = ArrayRecordWriter(path + ".tmp", "group_size:1")
+    tmp = io_paths.staging_path(path)  # ArrayRecord writes local files; published whole (rename or upload)
+    writer = ArrayRecordWriter(tmp, "group_size:1")
     n = len(source)
     for start in range(0, n, batch_size):
         ids = range(start, min(n, start + batch_size))
@@ -54,7 +57,7 @@ def precompute_split(
         for j in range(len(ids)):
             writer.write(precomputed.serialize(emb[j, : lengths[j]]))
     writer.close()
-    os.replace(path + ".tmp", path)
+    io_paths.publish(tmp, path)
     return n
 
 
@@ -74,8 +77,10 @@ def precompute(
     max_length = int(config.text.max_length)
     null_tokens, null_mask = tok_lib.tokenize_batch(tokenizer, [config.text.null_caption] * batch_size, max_length)
     null_emb = np.asarray(encode(null_tokens, null_mask))[0, : int(null_mask[0].sum())]
-    os.makedirs(out_dir, exist_ok=True)
-    np.save(os.path.join(out_dir, precomputed.NULL_FILE), null_emb.astype(np.float16))
+    io_paths.makedirs(out_dir)
+    buf = io.BytesIO()
+    np.save(buf, null_emb.astype(np.float16))
+    io_paths.write_bytes(io_paths.join(out_dir, precomputed.NULL_FILE), buf.getvalue())
     counts = {}
     for split in splits:
         source, _ = create_source(config, split)
@@ -88,8 +93,7 @@ def precompute(
         "num_examples": counts,
         "data": {k: v for k, v in config.to_dict().items() if k != "text"},
     }
-    with open(os.path.join(out_dir, precomputed.META_FILE), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
+    io_paths.write_text(io_paths.join(out_dir, precomputed.META_FILE), json.dumps(meta, indent=1))
     return meta
 
 

@@ -465,8 +465,9 @@ def from_dict(d: Mapping[str, Any]) -> PhasePlan:
 def write_json(plans: Sequence[PhasePlan], path: str) -> None:
     import json
 
-    with open(path, "w") as f:
-        json.dump([to_dict(p) for p in plans], f, indent=1)
+    from mdm_jax import io_paths
+
+    io_paths.write_text(path, json.dumps([to_dict(p) for p in plans], indent=1))  # local or gs://, whole file
 
 
 def exit_code(plans: Sequence[PhasePlan]) -> int:

@@ -12,7 +12,8 @@ Studies (configs as data: ``configs/ablation_fmnist.py``, ``configs/ablation_emo
 Each run is ``python -m mdm_jax.main`` in a subprocess (the real trainer, resumable: a rerun skips finished runs
 and resumes unfinished ones from their checkpoints) with periodic eval at the same images seen in every variant.
 Equal compute: every variant of a study trains the same images (batch x steps; the progressive 16 px phase
-counts); the training wall-clock of each run (process time minus its evals) is measured, printed and put in the
+counts); the training wall-clock of each run (process time minus its evals and the train-step compilation, which
+the persistent compilation cache removes for later seeds) is measured, printed and put in the
 table, where variants more than 10% from the study's reference are flagged. Feature space: the in-project
 classifier of each data set (``FD_classifier``, never called FID), trained here once when no
 ``--fmnist_classifier`` / ``--emoji_classifier`` directory is given. Results: ``OUT/ablations.md``,
@@ -72,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps_scale", type=float, default=1.0,
                    help="multiplies every run's steps and eval interval (1.0: ~5-8 min per Fashion-MNIST run on "
                         "2 CPU cores; 0.02: a smoke run)")
-    p.add_argument("--width", type=int, default=0, help="base channels of every model (0: the configs' 32)")
+    p.add_argument("--width", type=int, default=0, help="base channels of every model (0: the configs' own)")
+    p.add_argument("--num_evals", type=int, default=0, help="eval points per run (0: the configs' 5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run, e.g. --set eval.num_samples=100 (repeatable)")
     p.add_argument("--fmnist_classifier", default="", help="classifier dir (default: OUT/classifiers/fmnist, "
@@ -134,7 +136,8 @@ def classifier_dir(dataset: str, args: argparse.Namespace) -> str:
 
 
 def config_spec(study: Study, variant: str, args: argparse.Namespace) -> str:
-    opts = [variant, f"scale={args.steps_scale:g}"] + ([f"width={args.width}"] if args.width else [])
+    opts = [variant, f"scale={args.steps_scale:g}"] + ([f"width={args.width}"] if args.width else []) + (
+        [f"evals={args.num_evals}"] if args.num_evals else [])
     return f"{study.config}:{','.join(opts)}"
 
 
@@ -211,10 +214,13 @@ def finish_run(run_dir: str, study: Study, variant: str, seed: int, spec: str, s
         raise SystemExit(f"ablations: {run_dir} has no eval at steps {missing} (the eval failed: see train.log)")
     wall = sum(a["seconds"] for a in attempts)
     eval_seconds = sum(float(e["seconds"]["total"]) for e in evals)
+    # A one-off cost that the persistent compilation cache removes for the next seed: not training compute.
+    compile_seconds = sum(float(x) for x in re.findall(r"Compiled the train step of phase .* in ([\d.]+)s", log))
     info = {"variant": variant, "seed": seed, "study_dataset": study.dataset, "settings": settings,
             "phases": phases, "steps": total, "images_seen": report.images_at(total, phases),
             "params": int(counts[-1].replace(",", "")), "wall_seconds": wall, "eval_seconds": eval_seconds,
-            "train_seconds": wall - eval_seconds, "attempts": len(attempts),
+            "compile_seconds": compile_seconds, "train_seconds": wall - eval_seconds - compile_seconds,
+            "attempts": len(attempts),
             "eval_steps": sorted(int(e["step"]) for e in evals)}
     tmp = os.path.join(run_dir, "ablation_run.json.tmp")
     with open(tmp, "w") as f:
@@ -222,7 +228,8 @@ def finish_run(run_dir: str, study: Study, variant: str, seed: int, spec: str, s
     os.replace(tmp, os.path.join(run_dir, "ablation_run.json"))
     print(f"[ablations] {study.dataset} {variant} seed {seed}: {info['params']:,} params, "
           f"{info['images_seen']:,} images, train wall-clock {info['train_seconds']:.1f} s "
-          f"(+ {eval_seconds:.1f} s eval, {len(attempts)} attempt(s))", flush=True)
+          f"(+ {eval_seconds:.1f} s eval, {compile_seconds:.1f} s train-step compile, {len(attempts)} attempt(s))",
+          flush=True)
 
 
 def _eval_every(run_dir: str) -> int:
@@ -235,9 +242,11 @@ def write_report(args: argparse.Namespace, studies: list[Study]) -> str:
     parts = [f"Command: `python benchmarks/ablations.py --study {' '.join(s.key for s in studies)} --seeds "
              f"{' '.join(map(str, args.seeds))} --steps_scale={args.steps_scale:g}`"
              + (f" `--width={args.width}`" if args.width else "")
+             + (f" `--num_evals={args.num_evals}`" if args.num_evals else "")
              + "".join(f" `--set {s}`" for s in args.set)
              + f". Numbers: mean over seeds (min..max) at the last eval point; wall-clock: the training process "
-             f"minus its evals, flagged when more than {args.tolerance:.0%} from the study's reference."]
+             f"minus its evals and train-step compilation, flagged when more than {args.tolerance:.0%} from the "
+             "study's reference."]
     plots_dir = os.path.join(args.out, "plots")
     for study in studies:
         runs = []

@@ -36,6 +36,7 @@ def get_config(arg: str = "3") -> config_lib.ConfigDict:
     fm = config_lib.sibling(__file__, "ablation_fmnist")
     variant, opts = fm.parse_arg(arg, VARIANTS)
     scale, width = opts.get("scale", 1.0), int(opts.get("width", 32))
+    num_evals = int(opts.get("evals", NUM_EVALS))
     c = config_lib.base_config()
     c.seed = 0
     c.text_encoder = config_lib.ConfigDict(dict(kind="small", dim=TEXT_DIM, num_layers=2, num_heads=4, mlp_ratio=2))
@@ -43,9 +44,9 @@ def get_config(arg: str = "3") -> config_lib.ConfigDict:
     c.data = config_lib.data(name="emoji", data_dir="data/emoji", conditioning="text", cond_drop_prob=0.1,
                              flip=False, num_workers=0, text=dict(tokenizer="word", max_length=16))
     c.diffusion.loss_target_type = "v"
-    steps = fm.scaled(STEPS, scale, NUM_EVALS)
-    every = steps // NUM_EVALS
-    steps = every * NUM_EVALS
+    steps = fm.scaled(STEPS, scale, num_evals)
+    every = steps // num_evals
+    steps = every * num_evals
     if variant == "1":
         model = single_unet(width, TEXT_DIM)
     else:

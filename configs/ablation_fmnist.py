@@ -13,8 +13,9 @@ Variants (class-conditional, 32 px; equal images seen: every variant trains ``st
   (``init_from={"unet/inner_unet": "unet"}``) for the rest; the 16 px phase's images count.
 
 Optional ``key=value`` items after the variant, comma-separated: ``scale`` (multiplies the step counts and eval
-interval, e.g. ``nested,scale=0.05`` for a smoke run), ``width`` (base channels). Periodic eval
-(``config.eval``) runs every ``steps // num_evals`` steps at the same images seen in every variant.
+interval, e.g. ``nested,scale=0.05`` for a smoke run), ``width`` (base channels), ``evals`` (eval points per
+run, default 5). Periodic eval (``config.eval``) runs every ``steps // evals`` steps: the same images seen in
+every variant.
 """
 
 from mdm_jax.training import config_lib
@@ -23,7 +24,7 @@ VARIANTS = ("nested", "single", "progressive")
 STEPS = 1_500  # every variant, at batch BATCH
 BATCH = 32
 NUM_EVALS = 5
-PROGRESSIVE_FRAC = 0.5  # share of the steps spent in the 16 px phase
+PROGRESSIVE_FRAC = 0.5  # share of the eval intervals spent in the 16 px phase, rounded half to even (2 of 5)
 
 
 def parse_arg(arg: str, variants: tuple[str, ...]) -> tuple[str, dict[str, float]]:
@@ -34,8 +35,8 @@ def parse_arg(arg: str, variants: tuple[str, ...]) -> tuple[str, dict[str, float
     opts: dict[str, float] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in ("scale", "width"):
-            raise ValueError(f"ablation config: option {item!r} is not scale=<float> or width=<int>")
+        if not sep or key not in ("scale", "width", "evals"):
+            raise ValueError(f"ablation config: option {item!r} is not scale=<float>, width=<int> or evals=<int>")
         opts[key] = float(value)
     return name, opts
 
@@ -58,15 +59,16 @@ def single_unet(resolution: int, width: int, *, num_classes: int = 0, cond_dim: 
 def get_config(arg: str = "nested") -> config_lib.ConfigDict:
     variant, opts = parse_arg(arg, VARIANTS)
     scale, width = opts.get("scale", 1.0), int(opts.get("width", 16))
+    num_evals = int(opts.get("evals", NUM_EVALS))
     fm = config_lib.sibling(__file__, "fashion_mnist").get_config()
     c = config_lib.base_config()
     c.seed = 0
     c.model.num_classes = 10
     c.data = fm.data
     c.diffusion.loss_target_type = "v"  # as the demo: an eps target barely weights the high-noise steps
-    steps = scaled(STEPS, scale, NUM_EVALS)
-    every = steps // NUM_EVALS
-    steps = every * NUM_EVALS  # eval points fall on the same images seen in every variant
+    steps = scaled(STEPS, scale, num_evals)
+    every = steps // num_evals
+    steps = every * num_evals  # eval points fall on the same images seen in every variant
     nested = config_lib.tiny_architecture([32, 16], num_classes=10, width=width)
     if variant == "nested":
         c.phases = [config_lib.phase("32", model=nested, batch_size=BATCH, steps=steps)]
@@ -74,7 +76,7 @@ def get_config(arg: str = "nested") -> config_lib.ConfigDict:
         c.phases = [config_lib.phase("32", model=single_unet(32, width, num_classes=10), batch_size=BATCH,
                                      steps=steps)]
     else:
-        first = every * max(1, round(NUM_EVALS * PROGRESSIVE_FRAC))
+        first = every * max(1, round(num_evals * PROGRESSIVE_FRAC))
         c.phases = [
             config_lib.phase("16", model=config_lib.tiny_architecture([16], num_classes=10, width=width),
                              batch_size=BATCH, steps=first),

@@ -145,9 +145,13 @@ def test_missing_emoji_data_is_one_line(tmp_path):
     assert "emoji data not found" in p.stderr and "prepare_emoji" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_ablation_command_end_to_end(tmp_path):
     """Study (a) at seconds-long size through the real command: both variants trained by the real trainer, eval
-    points at equal images seen, table + plots + README block; a rerun skips the finished runs."""
+    points at equal images seen, table + plots + README block; a rerun skips the finished runs.
+
+    Slow: two trainer processes, each compiling its train step and sampler cold (254 s measured at load 6.5 on
+    2 cores, of which 120 s train-step compiles and ~40 s Fashion-MNIST loading)."""
     from mdm_jax.evaluation import classifier
 
     clf = str(tmp_path / "clf")

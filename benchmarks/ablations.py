@@ -63,6 +63,8 @@ STUDIES = {
                ("3", "2", "1"), "3", EMOJI_METRICS),
 }
 CLASSIFIER_CONFIG = {"fmnist": "configs/fashion_mnist.py", "emoji": "configs/ablation_emoji.py:3"}
+# (steps, width) of a classifier trained here: emoji has 3.6k training images at 64 px (600 steps of 128 = 21 epochs)
+CLASSIFIER_SIZE = {"fmnist": (2000, 32), "emoji": (600, 16)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,7 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fmnist_classifier", default="", help="classifier dir (default: OUT/classifiers/fmnist, "
                                                            "trained when missing)")
     p.add_argument("--emoji_classifier", default="")
-    p.add_argument("--classifier_steps", type=int, default=2000)
+    p.add_argument("--classifier_steps", type=int, default=0,
+                   help="steps of a classifier trained here (0: 2000 for Fashion-MNIST, 600 for emoji)")
     p.add_argument("--emoji_data_dir", default="data/emoji")
     p.add_argument("--nice", type=int, default=0, help="run the training subprocesses under nice -n N")
     p.add_argument("--tolerance", type=float, default=0.1, help="wall-clock flag threshold (relative)")
@@ -125,9 +128,11 @@ def classifier_dir(dataset: str, args: argparse.Namespace) -> str:
     if os.path.isfile(os.path.join(out, "classifier.npz")):
         return out
     os.makedirs(out, exist_ok=True)
+    steps, width = CLASSIFIER_SIZE[dataset]
+    steps = args.classifier_steps or steps
     cmd = _python(args) + ["-m", "mdm_jax.evaluation.classifier", f"--config={CLASSIFIER_CONFIG[dataset]}",
-                           f"--out={out}", f"--steps={args.classifier_steps}", *_data_overrides(dataset, args)]
-    print(f"[ablations] training the {dataset} classifier ({args.classifier_steps} steps) -> {out}", flush=True)
+                           f"--out={out}", f"--steps={steps}", f"--width={width}", *_data_overrides(dataset, args)]
+    print(f"[ablations] training the {dataset} classifier ({steps} steps, width {width}) -> {out}", flush=True)
     with open(os.path.join(out, "train.log"), "a") as log:
         rc = subprocess.call(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
     if rc:

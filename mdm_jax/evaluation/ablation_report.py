@@ -182,6 +182,8 @@ def plot_study(path: str, title: str, variants: Sequence[str], runs: Sequence[Ru
     fl = final(list(runs), metric, part="floor")
     if fl[3]:
         ax.axhline(fl[0], color="gray", ls="--", lw=1, label="real-vs-real floor")
+    if metric.name.startswith("FD") or metric.name == "FID":  # positive, spans decades early in training
+        ax.set_yscale("log")
     ax.set_xlabel("images seen")
     ax.set_ylabel(metric.label)
     ax.set_title(title, fontsize=9)

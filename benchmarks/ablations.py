@@ -192,6 +192,10 @@ def train_run(study: Study, variant: str, seed: int, args: argparse.Namespace, c
     if rc:
         raise SystemExit(f"ablations: training {variant} seed {seed} failed (exit {rc}); see {run_dir}/train.log "
                          "(rerun to resume)")
+    last = sum(p["steps"] for p in run_phases(spec, args.set))
+    if not os.path.isdir(os.path.join(run_dir, "checkpoints", str(last))):
+        raise SystemExit(f"ablations: {variant} seed {seed} stopped before its last step (a stop request?); rerun "
+                         f"to resume it from {run_dir}/checkpoints")
     finish_run(run_dir, study, variant, seed, spec, settings, attempts)
     return run_dir
 

@@ -35,7 +35,7 @@ def single_unet(width: int, cond_dim: int) -> config_lib.ConfigDict:
 def get_config(arg: str = "3") -> config_lib.ConfigDict:
     fm = config_lib.sibling(__file__, "ablation_fmnist")
     variant, opts = fm.parse_arg(arg, VARIANTS)
-    scale, width = opts.get("scale", 1.0), int(opts.get("width", 32))
+    scale, width = opts.get("scale", 1.0), int(opts.get("width", 16))
     num_evals = int(opts.get("evals", NUM_EVALS))
     c = config_lib.base_config()
     c.seed = 0

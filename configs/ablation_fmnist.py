@@ -21,7 +21,7 @@ every variant.
 from mdm_jax.training import config_lib
 
 VARIANTS = ("nested", "single", "progressive")
-STEPS = 1_500  # every variant, at batch BATCH
+STEPS = 1_200  # every variant, at batch BATCH: 38,400 images
 BATCH = 32
 NUM_EVALS = 5
 PROGRESSIVE_FRAC = 0.5  # share of the eval intervals spent in the 16 px phase, rounded half to even (2 of 5)

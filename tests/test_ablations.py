@@ -129,7 +129,7 @@ def test_config_args_are_checked():
     with pytest.raises(ValueError, match="scale=<float>"):
         config_lib.load(f"{REPO}/configs/ablation_emoji.py:3,depth=2")
     c = config_lib.load(f"{REPO}/configs/ablation_emoji.py:2,scale=0.1,evals=2")
-    assert c.phases[0].steps == 100 and c.eval.every_steps == 50
+    assert c.phases[0].steps == 80 and c.eval.every_steps == 40
     assert c.phases[0].model.inner_config.resolution == 16  # 64 around 16 directly
 
 
@@ -160,7 +160,7 @@ def test_ablation_command_end_to_end(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{report.BEGIN}\n{report.END}\n")
     out = tmp_path / "out"
-    args = ["--study", "a", "--seeds", "0", "--out", str(out), "--steps_scale", "0.0027", "--num_evals", "2",
+    args = ["--study", "a", "--seeds", "0", "--out", str(out), "--steps_scale", "0.0034", "--num_evals", "2",
             "--width", "8", "--fmnist_classifier", clf, "--readme", str(readme),
             "--set", "eval.num_samples=20", "--set", "eval.num_reference=20", "--set", "eval.batch_size=20",
             "--set", "eval.num_steps=2", "--set", "eval.kid_subsets=2", "--set", "eval.kid_subset_size=10"]

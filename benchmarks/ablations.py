@@ -73,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", default="runs/ablations")
     p.add_argument("--steps_scale", type=float, default=1.0,
-                   help="multiplies every run's steps and eval interval (1.0: ~5-8 min per Fashion-MNIST run on "
-                        "2 CPU cores; 0.02: a smoke run)")
+                   help="multiplies every run's steps and eval interval (1.0: 1,200 Fashion-MNIST steps, est. 7-9 "
+                        "min per run with its evals on 2 free CPU cores; 0.01: a smoke run)")
     p.add_argument("--width", type=int, default=0, help="base channels of every model (0: the configs' own)")
     p.add_argument("--num_evals", type=int, default=0, help="eval points per run (0: the configs' 5)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

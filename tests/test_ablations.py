@@ -118,9 +118,10 @@ def test_fmnist_variants_equal_images_and_matching_size(scale):
     assert total % every["nested"] == 0  # the last eval falls on the last step
     prog = cfgs["progressive"]
     assert prog.phases[0].steps % every["nested"] == 0 and dict(prog.phases[1].init_from) == {"unet/inner_unet": "unet"}
-    n, s = _params(cfgs["nested"].phases[0].model), _params(cfgs["single"].phases[0].model)
-    assert abs(s / n - 1) < 0.1, (n, s)
-    assert _params(prog.phases[1].model) == n
+    if scale == "1":  # the models do not depend on the scale
+        n, s = _params(cfgs["nested"].phases[0].model), _params(cfgs["single"].phases[0].model)
+        assert abs(s / n - 1) < 0.1, (n, s)
+        assert _params(prog.phases[1].model) == n
 
 
 def test_config_args_are_checked():

@@ -254,8 +254,8 @@ def write_report(args: argparse.Namespace, studies: list[Study]) -> str:
              + (f" `--num_evals={args.num_evals}`" if args.num_evals else "")
              + "".join(f" `--set {s}`" for s in args.set)
              + f". Numbers: mean over seeds (min..max) at the last eval point; wall-clock: the training process "
-             f"minus its evals and train-step compilation, flagged when more than {args.tolerance:.0%} from the "
-             "study's reference."]
+             f"minus its evals and train-step compilation (process start and data loading included), flagged when "
+             f"more than {args.tolerance:.0%} from the study's reference."]
     plots_dir = os.path.join(args.out, "plots")
     for study in studies:
         runs = []

@@ -151,8 +151,9 @@ def test_ablation_command_end_to_end(tmp_path):
     """Study (a) at seconds-long size through the real command: both variants trained by the real trainer, eval
     points at equal images seen, table + plots + README block; a rerun skips the finished runs.
 
-    Slow: two trainer processes, each compiling its train step and sampler cold (254 s measured at load 6.5 on
-    2 cores, of which 120 s train-step compiles and ~40 s Fashion-MNIST loading)."""
+    Slow: two trainer processes, each compiling its train step and sampler (measured on 2 shared cores: 254 s
+    cold at load 6.5, of which 120 s train-step compiles and ~40 s Fashion-MNIST loading; 107 s with a warm
+    compilation cache)."""
     from mdm_jax.evaluation import classifier
 
     clf = str(tmp_path / "clf")

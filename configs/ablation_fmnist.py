@@ -28,7 +28,10 @@ PROGRESSIVE_FRAC = 0.5  # share of the eval intervals spent in the 16 px phase, 
 
 
 def parse_arg(arg: str, variants: tuple[str, ...]) -> tuple[str, dict[str, float]]:
-    """``'nested,scale=0.1'`` -> ('nested', {'scale': 0.1}); unknown variants or items raise naming them."""
+    """``'nested,scale=0.1'`` -> ('nested', {'scale': 0.1}); unknown variants or items raise naming them.
+    ``'runlocal'`` (every config's seconds-long version) is the first variant at scale 0.01."""
+    if arg == "runlocal":
+        arg = f"{variants[0]},scale=0.01"
     name, *items = [s.strip() for s in (arg or "").split(",") if s.strip()] or [""]
     if name not in variants:
         raise ValueError(f"ablation config: variant {name!r} is not one of {variants} (e.g. ':{variants[0]}')")

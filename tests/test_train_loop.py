@@ -221,16 +221,31 @@ def test_resume_with_renamed_phases_stops_and_keeps_checkpoints(reference, tmp_p
     assert "'nested'" in message and "first" in message and "second" in message
 
 
-def test_lengthened_last_phase_resumes_from_its_final_checkpoint(reference, tmp_path):
-    """Training a finished run longer: the phase's final checkpoint holds no data-iterator state, and the run
-    goes on from it (a fresh data stream) instead of stopping with a resume error."""
+def test_lengthened_last_phase_resumes_exactly_from_its_final_checkpoint(reference, tmp_path):
+    """Training a finished run longer: the phase's final checkpoint holds the data iterator too, so raising the last
+    phase's steps continues the same data stream and ends where an uninterrupted longer run ends."""
     workdir = _copy_reference(reference, tmp_path)
     config = tiny_config()
     config.phases[1].steps += 2
     trainer, messages = run_collecting_logs(config, workdir)
     assert int(trainer.state.step) == 14 and [s for s, _ in trainer.history] == [14]
-    assert any("holds no data-iterator state" in m for m in messages)
+    assert not any("holds no data-iterator state" in m for m in messages)
     assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+    straight, _ = run_collecting_logs(config, str(tmp_path / "straight"))
+    for a, b in zip(jax.tree.leaves(host_params(trainer)), jax.tree.leaves(host_params(straight)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_old_final_checkpoint_without_data_state_still_resumes(reference, tmp_path):
+    """Final checkpoints of runs before the data iterator was kept there: the run goes on (fresh data stream,
+    with a warning) instead of stopping with a resume error."""
+    workdir = _copy_reference(reference, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "12", "data"))
+    config = tiny_config()
+    config.phases[1].steps += 2
+    trainer, messages = run_collecting_logs(config, workdir)
+    assert int(trainer.state.step) == 14
+    assert any("holds no data-iterator state" in m for m in messages)
 
 
 def _inject_read_errors(monkeypatch, workdir, failures):

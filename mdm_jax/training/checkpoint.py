@@ -31,7 +31,7 @@ from mdm_jax import io_paths
 
 T = TypeVar("T")
 ITEMS = ("state", "ema", "config", "meta", "data")
-REQUIRED_ITEMS = ("meta", "config", "state", "ema")  # "data" is absent from a phase's final checkpoint
+REQUIRED_ITEMS = ("meta", "config", "state", "ema")  # "data" may be absent (phase-final checkpoints of older runs)
 READ_ATTEMPTS = 3  # tries of each read that fails with a transient I/O error
 RETRY_BACKOFF_S = 1.0  # seconds before the first retry; doubles after each
 
@@ -166,7 +166,7 @@ class Checkpointer:
         return io_paths.join(self.directory, str(step))
 
     def has_data(self, step: int) -> bool:
-        """Whether ``step`` saved the data iterator (a phase's final checkpoint does not)."""
+        """Whether ``step`` saved the data iterator (phase-final checkpoints of older runs did not)."""
         return retrying(lambda: io_paths.isdir(io_paths.join(self.step_dir(step), "data")),
                         f"{self.step_dir(step)}/data")
 

@@ -206,7 +206,7 @@ class Trainer:
         items, ema = run.abstract.checkpoint_items()
         mid_phase = step < run.phase.end_step
         with_data = mid_phase and self.ckpt.has_data(step)
-        if mid_phase and not with_data:  # the phase ended here before its steps were raised: train it longer
+        if mid_phase and not with_data:  # a final checkpoint written before they kept the data iterator
             logging.warning("Checkpoint %d ended phase '%s' and holds no data-iterator state; the phase now runs "
                             "to step %d, so its data stream restarts from the phase's first batch",
                             step, run.phase.name, run.phase.end_step)
@@ -253,14 +253,14 @@ class Trainer:
         return new_run, new_state
 
     # ---- actions -------------------------------------------------------------------------------------------
-    def save(self, run: PhaseRun, state: state_lib.TrainState, step: int, with_data: bool = True) -> None:
+    def save(self, run: PhaseRun, state: state_lib.TrainState, step: int) -> None:
         if jax.process_index() == 0:  # what --mode=sample needs besides the weights (tokenizer, class names)
             run_info.save(self.workdir, run.phase.index, run.info, run.phase.data_config)
         items, ema = state.checkpoint_items()
         meta = {"phase": run.phase.index, "phase_name": run.phase.name, "step": step,
                 "resolutions": list(run.phase.spec.resolutions), "time": time.time()}
         if self.ckpt.save(step, state=items, ema=ema, config=_config_json(self.config), meta=meta,
-                          data_iterator=run.data if with_data else None):
+                          data_iterator=run.data):
             logging.info("Saving checkpoint %s", self.ckpt.step_dir(step))
 
     def _sample_batch(self, run: PhaseRun) -> Any:
@@ -435,7 +435,9 @@ class Trainer:
             if step >= self.total_steps and step < phase.end_step:  # max_steps cut the phase short
                 self.save(run, state, step)
                 break
-            self.save(run, state, step, with_data=False)  # the phase's final checkpoint (kept)
+            # The phase's final checkpoint (kept), with the data iterator: training the phase longer later
+            # (its steps raised) goes on with the same data stream as an uninterrupted longer run.
+            self.save(run, state, step)
             self.progress.pause()
             self.sample(run, state, step)
             if phase.index + 1 >= len(self.phases) or step >= self.total_steps:

@@ -46,6 +46,6 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     # --mode=eval (and periodic eval if every_steps > 0): the in-project classifier's features and accuracy.
     c.eval.num_samples = 1000
     c.eval.num_steps = 50
-    c.eval.guidance_weight = 2.0
+    c.eval.guidance_weight = 1.5  # measured: FD 0.80 vs 0.89 at 2.0 (recall 0.81 vs 0.73), accuracy 0.88 vs 0.93
     c.eval.feature_nets = ("classifier",)
     return c

@@ -221,6 +221,7 @@ def test_resume_with_renamed_phases_stops_and_keeps_checkpoints(reference, tmp_p
     assert "'nested'" in message and "first" in message and "second" in message
 
 
+@pytest.mark.slow  # ~100 s: a second, uninterrupted run; the default run checks the data item is saved (below)
 def test_lengthened_last_phase_resumes_exactly_from_its_final_checkpoint(reference, tmp_path):
     """Training a finished run longer: the phase's final checkpoint holds the data iterator too, so raising the last
     phase's steps continues the same data stream and ends where an uninterrupted longer run ends."""

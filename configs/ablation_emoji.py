@@ -53,18 +53,5 @@ def get_config(arg: str = "3") -> config_lib.ConfigDict:
         model = config_lib.tiny_architecture([64, 32, 16] if variant == "3" else [64, 16], cond_dim=TEXT_DIM,
                                              width=width)
     c.phases = [config_lib.phase("64", model=model, batch_size=BATCH, steps=steps)]
-    c.optimizer = config_lib.optimizer(learning_rate=1e-3, warmup_steps=fm.scaled(100, scale), ema_decay=0.995,
-                                       ema_warmup=True)
-    c.checkpoint = config_lib.ConfigDict(dict(every_steps=every, keep=2, async_save=True))
-    c.log_every_steps = max(1, every // 4)
-    c.sample = config_lib.sample(every_steps=0, num_images=0, num_steps=25, guidance_weight=3.0, threshold="clip")
-    c.eval.every_steps = every
-    c.eval.num_samples = 128
-    c.eval.num_reference = 1000
-    c.eval.batch_size = 64
-    c.eval.num_steps = 20
-    c.eval.guidance_weight = 3.0
-    c.eval.feature_nets = ("classifier",)
-    c.eval.kid_subsets = 20
-    c.eval.kid_subset_size = 100
+    fm.run_settings(c, every=every, scale=scale, guidance=3.0, eval_samples=128, eval_batch=64)
     return c

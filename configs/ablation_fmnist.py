@@ -86,18 +86,26 @@ def get_config(arg: str = "nested") -> config_lib.ConfigDict:
             config_lib.phase("32", model=nested, batch_size=BATCH, steps=steps - first,
                              init_from={"unet/inner_unet": "unet"}),
         ]
+    run_settings(c, every=every, scale=scale, guidance=2.0, eval_samples=200, eval_batch=100)
+    return c
+
+
+def run_settings(c: config_lib.ConfigDict, *, every: int, scale: float, guidance: float, eval_samples: int,
+                 eval_batch: int) -> None:
+    """What every ablation run shares: optimiser, checkpoints, logging, no grids, a cheap classifier eval every
+    ``every`` steps (the same images seen in every variant)."""
     c.optimizer = config_lib.optimizer(learning_rate=1e-3, warmup_steps=scaled(100, scale), ema_decay=0.995,
                                        ema_warmup=True)
     c.checkpoint = config_lib.ConfigDict(dict(every_steps=every, keep=2, async_save=True))
     c.log_every_steps = max(1, every // 4)
-    c.sample = config_lib.sample(every_steps=0, num_images=0, num_steps=25, guidance_weight=2.0, threshold="clip")
+    c.sample = config_lib.sample(every_steps=0, num_images=0, num_steps=25, guidance_weight=guidance,
+                                 threshold="clip")
     c.eval.every_steps = every
-    c.eval.num_samples = 200
+    c.eval.num_samples = eval_samples
     c.eval.num_reference = 1000
-    c.eval.batch_size = 100
+    c.eval.batch_size = eval_batch
     c.eval.num_steps = 20
-    c.eval.guidance_weight = 2.0
+    c.eval.guidance_weight = guidance
     c.eval.feature_nets = ("classifier",)
     c.eval.kid_subsets = 20
     c.eval.kid_subset_size = 100
-    return c

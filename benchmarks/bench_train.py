@@ -66,6 +66,29 @@ def _model_and_diffusion(name: str, parity_path: str):
     return model, {}, 128, 2048
 
 
+def _config_phase(spec: str, phase_name: str, batch: int):
+    """(config with one phase, text length, text width) for ``configs/x.py[:arg]``: the named (default: last)
+    phase of the config at ``batch``, with the config's optimiser and diffusion settings."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, path)
+                                                         if not os.path.isabs(path) else path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    cfg = module.get_config(arg) if arg else module.get_config()
+    names = [str(p.name) for p in cfg.phases]
+    if phase_name and phase_name not in names:
+        raise SystemExit(f"--phase: {phase_name!r} is not a phase of {path} (phases: {names})")
+    phase = cfg.phases[names.index(phase_name) if phase_name else -1]
+    phase.batch_size, phase.steps = batch, 1
+    phase.init_from = None
+    cfg.phases = [phase]
+    text = cfg.data.get("text", None)
+    tokens = int(text.max_length) if text is not None and "max_length" in text else 128
+    return cfg, tokens, int(cfg.model.get("cond_dim", -1))
+
+
 def synthetic_batch(batch: int, resolution: int, tokens: int, width: int, uses_text: bool = True,
                     num_classes: int = 0, seed: int = 0) -> dict:
     """Random images in [-1, 1] (NHWC) plus text features whose row i has ``tokens - i % tokens`` real tokens."""
@@ -96,16 +119,19 @@ def build_step(args: argparse.Namespace) -> dict:
     from mdm_jax.training import config_lib, model_fn, optimizer, phases, train_step
     from mdm_jax.training import state as state_lib
 
-    model_cfg, diffusion, tokens, width = _model_and_diffusion(args.model, args.parity)
-    cfg = config_lib.base_config()
+    if ".py" in args.model:  # a config file: its last phase (or --phase), its diffusion settings
+        cfg, tokens, width = _config_phase(args.model, args.phase, args.batch)
+    else:
+        model_cfg, diffusion, tokens, width = _model_and_diffusion(args.model, args.parity)
+        cfg = config_lib.base_config()
+        if diffusion:  # ml-mdm field names are understood by DiffusionSpec.from_config
+            cfg.diffusion = config_lib.ConfigDict(
+                {k: v for k, v in diffusion.items() if k not in ("multi_res_weights", "mixed_ratio")})
+        cfg.phases = [config_lib.phase("bench", model=model_cfg, batch_size=args.batch, steps=1,
+                                       multi_res_weights=diffusion.get("multi_res_weights"),
+                                       mixed_ratio=diffusion.get("mixed_ratio"))]
     cfg.model.dtype = args.dtype
     cfg.optimizer.mu_dtype = args.mu_dtype
-    if diffusion:  # ml-mdm field names are understood by DiffusionSpec.from_config
-        cfg.diffusion = config_lib.ConfigDict(
-            {k: v for k, v in diffusion.items() if k not in ("multi_res_weights", "mixed_ratio")})
-    cfg.phases = [config_lib.phase("bench", model=model_cfg, batch_size=args.batch, steps=1,
-                                   multi_res_weights=diffusion.get("multi_res_weights"),
-                                   mixed_ratio=diffusion.get("mixed_ratio"))]
     phase = phases.build_phases(cfg)[0]
     model = model_fn.build(phase.model_config, dtype=args.dtype, remat=args.remat)
     batch = synthetic_batch(args.batch, phase.spec.resolution, tokens, width, phase.spec.uses_text,
@@ -177,6 +203,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="p2", help="p1 | p2 (parity fixture models) | S64 | S64S256 | ...")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--phase", default="", help="with a config file as --model: the phase to time (default: last)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true", help="rematerialise ResNet/attention layers in the backward")
     p.add_argument("--mu_dtype", default="", help="Adam first-moment dtype ('' = float32, 'bfloat16' saves memory)")

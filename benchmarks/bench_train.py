@@ -44,6 +44,9 @@ SWEEP = {
     "ynn-no-eltwise": "--xla_cpu_experimental_ynn_fusion_type=-eltwise",
     "ynn-no-reduce": "--xla_cpu_experimental_ynn_fusion_type=-reduce",
     "no-ynn+xnnpack": "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_xnnpack=true",
+    "llvm-O1": "--xla_backend_optimization_level=1",
+    "llvm-O0": "--xla_backend_optimization_level=0",
+    "O1+ynn-dot": "--xla_backend_optimization_level=1 --xla_cpu_experimental_ynn_fusion_type=dot",
 }
 
 

@@ -25,7 +25,7 @@ from mdm_jax import data as data_lib
 from mdm_jax import io_paths
 from mdm_jax.evaluation import prompt_following
 from mdm_jax.training import checkpoint as ckpt_lib
-from mdm_jax.training import model_fn, partitioning, reporting, run_info, sampling, sources
+from mdm_jax.training import model_fn, partitioning, reporting, run_info, sampling, sources, wallclock
 from mdm_jax.training import phases as phases_lib
 from mdm_jax.training import state as state_lib
 from mdm_jax.training.optimizer import make_optimizer, param_labels
@@ -194,6 +194,7 @@ class Trainer:
         self._sample_batches: dict[int, Any] = {}
         self._text_cache: dict[str, Any] = {}
         self._evaluator: Any = None
+        self.clock = wallclock.WallClock()
 
     # ---- starting point ------------------------------------------------------------------------------------
     def _restore(self, step: int) -> tuple[PhaseRun, state_lib.TrainState]:
@@ -390,12 +391,15 @@ class Trainer:
             if self.stop.poll(step, first or self.stop.is_check_step(step, every_ckpt, every_log)):
                 return stop_here()
             first = False
-            batch = partitioning.global_batch(_host_batch(run.data), self.mesh)
+            with self.clock.section("data"):
+                batch = partitioning.global_batch(_host_batch(run.data), self.mesh)
             if run.compiled is None:
                 self.progress.pause()
-                self.compile(run, state, batch)
+                with self.clock.section("compile"):
+                    self.compile(run, state, batch)
                 self.progress.resume()
             state, metrics = run.compiled(state, batch, run.frozen)
+            self.clock.steps += 1
             drain()  # add the previous step's metrics while this one runs (pulled on log steps only)
             pending = (step + 1, metrics)
             step += 1
@@ -403,17 +407,20 @@ class Trainer:
             if (every_ckpt > 0 and step % every_ckpt == 0) and not boundary:
                 drain(force=True)  # never checkpoint a state whose loss has not been checked
                 self.progress.pause()
-                self.save(run, state, step)
+                with self.clock.section("checkpoint"):
+                    self.save(run, state, step)
                 self.progress.resume()
             if every_sample > 0 and step % every_sample == 0 and not boundary:
                 drain(force=True)
                 self.progress.pause()
-                self.sample(run, state, step)
+                with self.clock.section("sample"):
+                    self.sample(run, state, step)
                 self.progress.resume()
             if every_eval > 0 and step % every_eval == 0:
                 drain(force=True)
                 self.progress.pause()
-                self.evaluate(run, state, step)
+                with self.clock.section("eval"):
+                    self.evaluate(run, state, step)
                 self.progress.resume()
         drain(force=True)
         if self.stop.finish(step):  # before the phase-end checkpoint, samples and growth
@@ -421,7 +428,8 @@ class Trainer:
         return state, False
 
     def run(self) -> state_lib.TrainState:
-        run, state = self.starting_point()
+        with self.clock.section("setup"):
+            run, state = self.starting_point()
         if jax.process_index() == 0:
             io_paths.write_text(io_paths.join(self.workdir, "config.json"), self.config.to_json_best_effort(indent=2))
         self.progress = reporting.Progress(self.total_steps, int(state.step))
@@ -433,18 +441,37 @@ class Trainer:
                 break
             step = int(state.step)
             if step >= self.total_steps and step < phase.end_step:  # max_steps cut the phase short
-                self.save(run, state, step)
+                with self.clock.section("checkpoint"):
+                    self.save(run, state, step)
                 break
             # The phase's final checkpoint (kept), with the data iterator: training the phase longer later
             # (its steps raised) goes on with the same data stream as an uninterrupted longer run.
-            self.save(run, state, step)
+            with self.clock.section("checkpoint"):
+                self.save(run, state, step)
             self.progress.pause()
-            self.sample(run, state, step)
+            with self.clock.section("sample"):
+                self.sample(run, state, step)
             if phase.index + 1 >= len(self.phases) or step >= self.total_steps:
                 break
-            run, state = self.next_phase(run, state)
-        self.ckpt.wait()
+            with self.clock.section("setup"):
+                run, state = self.next_phase(run, state)
+        with self.clock.section("checkpoint"):
+            self.ckpt.wait()
+        self._report_wallclock(int(state.step))
         return state
+
+    def _report_wallclock(self, step: int) -> None:
+        """Log where this process's time went and keep it in ``WORKDIR/timing.json`` (one entry per run)."""
+        logging.info("%s", self.clock.describe())
+        if jax.process_index() != 0:
+            return
+        try:
+            path = io_paths.join(self.workdir, "timing.json")
+            runs = json.loads(io_paths.read_text(path)) if io_paths.exists(path) else []
+            runs.append({"end_step": step, "time": time.time(), **self.clock.summary()})
+            io_paths.write_text(path, json.dumps(runs, indent=1))
+        except Exception:  # noqa: BLE001 - a by-product; the run's work is saved
+            logging.exception("Could not write timing.json")
 
     def _log_phase_start(self, run: PhaseRun, state: state_lib.TrainState) -> None:
         n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

@@ -54,3 +54,21 @@ def test_classifier_train_and_mode_eval(tmp_path):
     cached = sorted(os.listdir(os.path.join(workdir, "eval_cache")))
     assert len(cached) == 4 and all("classifier-" in f for f in cached)
     assert json.load(open(os.path.join(workdir, "eval", "latest.json")))["weights"] == "raw"
+
+
+def test_classifier_heads_and_old_sidecars(tmp_path):
+    """New classifiers read the flattened map; a sidecar written before ``head`` existed loads as pooling."""
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    x = jnp.zeros((2, 16, 16, 3))
+    for head, fc_in in (("flatten", 4 * 4 * 4 * 8), ("gap", 4 * 8)):
+        params = classifier.SmallCNN(5, 8, 16, head=head).init(jax.random.key(0), x)["params"]
+        assert params["fc"]["kernel"].shape == (fc_in, 16)
+    meta = dict(num_classes=5, width=8, feature_dim=16)  # no "head": an older classifier
+    classifier.save(str(tmp_path / "old"), params, meta)
+    module, loaded, _ = classifier.load(str(tmp_path / "old"))
+    assert module.head == "gap" and module.apply({"params": loaded}, x)[1].shape == (2, 5)
+    with pytest.raises(ValueError, match="classifier head"):
+        classifier.SmallCNN(5, 8, 16, head="max").init(jax.random.key(0), x)

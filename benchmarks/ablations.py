@@ -64,7 +64,7 @@ STUDIES = {
 }
 CLASSIFIER_CONFIG = {"fmnist": "configs/fashion_mnist.py", "emoji": "configs/ablation_emoji.py:3"}
 # (steps, width) of a classifier trained here: emoji has 3.6k training images at 64 px (600 steps of 128 = 21 epochs)
-CLASSIFIER_SIZE = {"fmnist": (2000, 32), "emoji": (600, 16)}
+CLASSIFIER_SIZE = {"fmnist": (500, 16), "emoji": (600, 16)}  # fmnist: 90.0% on real test images
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                            "trained when missing)")
     p.add_argument("--emoji_classifier", default="")
     p.add_argument("--classifier_steps", type=int, default=0,
-                   help="steps of a classifier trained here (0: 2000 for Fashion-MNIST, 600 for emoji)")
+                   help="steps of a classifier trained here (0: 500 for Fashion-MNIST, 600 for emoji)")
     p.add_argument("--emoji_data_dir", default="data/emoji")
     p.add_argument("--nice", type=int, default=0, help="run the training subprocesses under nice -n N")
     p.add_argument("--tolerance", type=float, default=0.1, help="wall-clock flag threshold (relative)")

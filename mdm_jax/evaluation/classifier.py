@@ -4,7 +4,9 @@ Its penultimate activations ("FD_classifier", KID, precision/recall) and its pre
 class samples, "GAN-test") measure samples where no ImageNet network is available. Weights are a plain ``.npz``
 (no pickle) plus a JSON sidecar holding the architecture and the test accuracy it reached.
 
-  python -m mdm_jax.evaluation.classifier --config=configs/fashion_mnist.py --out=/tmp/fmnist_clf [--steps=2000]
+  python -m mdm_jax.evaluation.classifier --config=configs/fashion_mnist.py --out=/tmp/fmnist_clf [--steps=500]
+
+The defaults (500 steps of batch 128, width 16) reach 90.0% on Fashion-MNIST's test images in ~10 CPU-minutes.
 """
 
 from __future__ import annotations
@@ -135,8 +137,8 @@ def read_split(cfg: ml_collections.ConfigDict, split: str, num: int, seed: int =
     return np.concatenate(xs)[:num], np.concatenate(ys)[:num]
 
 
-def train(config: ml_collections.ConfigDict, out_dir: str, steps: int = 2000, batch_size: int = 128,
-          width: int = 32, feature_dim: int = 128, lr: float = 2e-3, num_test: int = 2000, seed: int = 0,
+def train(config: ml_collections.ConfigDict, out_dir: str, steps: int = 500, batch_size: int = 128,
+          width: int = 16, feature_dim: int = 128, lr: float = 2e-3, num_test: int = 2000, seed: int = 0,
           data_overrides: dict[str, Any] | None = None, head: str = "flatten") -> dict[str, Any]:
     """Train on the config's data (train split), measure test accuracy, save; returns the meta dict."""
     from mdm_jax import data as data_lib
@@ -199,9 +201,9 @@ if __name__ == "__main__":
 
     config_flags.DEFINE_config_file("config", None, "The training config whose data the classifier learns.")
     flags.DEFINE_string("out", None, "Output directory (classifier.npz + classifier.json).")
-    flags.DEFINE_integer("steps", 2000, "Training steps.")
+    flags.DEFINE_integer("steps", 500, "Training steps.")
     flags.DEFINE_integer("batch_size", 128, "Batch size.")
-    flags.DEFINE_integer("width", 32, "Base channel width.")
+    flags.DEFINE_integer("width", 16, "Base channel width.")
     flags.DEFINE_float("lr", 2e-3, "Peak learning rate (cosine decay).")
     flags.DEFINE_integer("seed", 0, "Seed.")
     flags.DEFINE_enum("head", "flatten", ["flatten", "gap"], "Features from the flattened final map or its mean.")

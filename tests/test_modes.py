@@ -143,3 +143,16 @@ def test_sample_mode_needs_only_the_run(demo_run, tmp_path):
     assert pngs == ["step_00000012_ema_16px.png", "step_00000012_ema_8px.png"]  # grids name their weights
     captions = (out / "step_00000012_ema_captions.txt").read_text().splitlines()
     assert captions == ["# ema weights, step 12", "a red circle in the top left", "a blue square in the center"]
+
+
+def test_cpu_devices_splits_the_host():
+    """``config.cpu_devices=N`` gives N CPU devices (before backends exist); an explicit XLA_FLAGS count wins."""
+    code = ("from mdm_jax.main import set_cpu_devices; set_cpu_devices(2); import jax; print(jax.device_count())")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, JAX_PLATFORMS="cpu"), capture_output=True,
+                         text=True, cwd=REPO, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "2"
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, JAX_PLATFORMS="cpu"), capture_output=True,
+                         text=True, cwd=REPO, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "3"

@@ -167,6 +167,10 @@ def base_config() -> ConfigDict:
 
     c.eval = eval_config()  # --mode=eval and periodic eval (eval.every_steps > 0)
     c.max_steps = -1  # > 0: stop after this global step (tests, preemption drills)
+    # > 0: split a CPU-only host into this many JAX devices, so the data-parallel mesh runs one shard per core
+    # (the demo: 0.35 vs 0.46 s per nested step on 2 cores). 0: JAX's default (one CPU device). No effect on
+    # accelerators, nor when XLA_FLAGS already sets --xla_force_host_platform_device_count.
+    c.cpu_devices = 0
     c.stop_check_every_steps = 10  # hosts agree on SIGTERM/preemption stops every k steps (training/stop.py)
     c.compile = compile_options()
     return c

@@ -133,12 +133,17 @@ def table(rows: list[tuple[str, str, str, dict | None, str]]) -> str:
             slice_name = f"{name} ({mesh})" + (f"; {note}" if note else "")
         else:
             slice_name = f"{p['topology']} ({mesh}) DOES NOT FIT; {slice_name}"
+        def num(key: str, fmt: str, scale: float = 1.0, plan: dict = p) -> str:  # a refused step has no cost
+            v = plan.get(key)
+            return format(v / scale, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
         lines.append(
             f"| {config} | {phase} ({p['resolutions']}) | {p['batch']} | {p['steps'] // 1000}k | "
             f"{p['num_parameters'] / 1e6:.0f}M | {slice_name} | {gib(state)} + {gib(p['temporaries'])} = "
-            f"{gib(p['total'])} / {gib(p['hbm'])} | {p['flops'] / 1e12:.2f} | {p['step_seconds']:.3f} | "
-            f"{p['mfu_seconds']:.3f} | {p['images_per_second_xla']:,.0f} / {p['images_per_second_mfu']:,.0f} | "
-            f"{p['days_xla']:.1f} / {p['days_mfu']:.1f} | {paper_s} |")
+            f"{gib(p['total'])} / {gib(p['hbm'])} | {num('flops', '.2f', 1e12)} | {num('step_seconds', '.3f')} | "
+            f"{num('mfu_seconds', '.3f')} | {num('images_per_second_xla', ',.0f')} / "
+            f"{num('images_per_second_mfu', ',.0f')} | {num('days_xla', '.1f')} / {num('days_mfu', '.1f')} | "
+            f"{paper_s} |")
     return "\n".join(lines)
 
 

@@ -72,14 +72,10 @@ def _model_and_diffusion(name: str, parity_path: str):
 def _config_phase(spec: str, phase_name: str, batch: int):
     """(config with one phase, text length, text width) for ``configs/x.py[:arg]``: the named (default: last)
     phase of the config at ``batch``, with the config's optimiser and diffusion settings."""
-    import importlib.util
+    from mdm_jax.training import config_lib
 
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("bench_config", os.path.join(REPO, path)
-                                                         if not os.path.isabs(path) else path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    cfg = module.get_config(arg) if arg else module.get_config()
+    path = spec.partition(":")[0]
+    cfg = config_lib.load(spec if os.path.isabs(path) else os.path.join(REPO, spec))
     names = [str(p.name) for p in cfg.phases]
     if phase_name and phase_name not in names:
         raise SystemExit(f"--phase: {phase_name!r} is not a phase of {path} (phases: {names})")

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from mdm_jax.diffusion.sampler import lower_sample  # noqa: E402
 from mdm_jax.diffusion.spec import DiffusionSpec  # noqa: E402
+from mdm_jax.models.precision import cast_kernels  # noqa: E402
 
 PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
 
@@ -67,6 +68,8 @@ def _flax_model(model, dspec: DiffusionSpec, batch: int, tokens: int):
         return model.apply({"params": p}, list(xs), t, c.get("lm_outputs"), c.get("lm_mask"))
 
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    # As the trainer's and the pipeline's samplers do: kernels cast to the compute dtype once, not per step.
+    params = cast_kernels(params, model.dtype)
     return apply_fn, params, dspec, (batch, res[0], res[0], 3), cond, n
 
 

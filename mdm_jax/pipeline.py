@@ -21,6 +21,7 @@ import numpy as np
 from mdm_jax.data.image_ops import from_model_scale
 from mdm_jax.diffusion import DiffusionSpec, sample
 from mdm_jax.diffusion.sampler import stack_guidance_rows, uses_guidance
+from mdm_jax.models.precision import cast_kernels
 from mdm_jax.text.tokenizers import MLMDMTrieTokenizer, create_tokenizer
 
 
@@ -109,7 +110,8 @@ class Pipeline:
         guided = uses_guidance(guidance_weight)
         cond = self.conditioning(batch, prompts, labels, negative_prompt, guided)
         res = self.spec.resolution
-        out = sample(jax.tree_util.Partial(self._apply_fn, self.params), self.diffusion, cond,
+        params = cast_kernels(self.params, self.model.dtype)  # once, not once per step
+        out = sample(jax.tree_util.Partial(self._apply_fn, params), self.diffusion, cond,
                      shape=(batch, res, res, self.spec.input_channels), rng=jax.random.PRNGKey(seed),
                      num_steps=num_steps, method=method, eta=eta,
                      guidance_weight=guidance_weight if guided else None, threshold_kind=threshold)

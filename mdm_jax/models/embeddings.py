@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdm_jax.models.layers import Dense
+
 Array = jax.Array
 
 
@@ -47,9 +49,9 @@ class MicroConditioning(nn.Module):
         for key, default in self.defaults:
             value = jnp.asarray(micros.get(key, jnp.full((batch,), default)), jnp.float32)
             value = jnp.minimum(value / default, 1.0) * default if key == "scale" else value * 1000
-            h = nn.Dense(self.temporal_dim, dtype=self.dtype, name=f"{key}_0")(
+            h = Dense(self.temporal_dim, dtype=self.dtype, name=f"{key}_0")(
                 timestep_sinusoid(value, self.temporal_dim))
-            h = nn.Dense(self.temporal_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+            h = Dense(self.temporal_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                          name=f"{key}_1")(nn.silu(h))
             total = total + h
         return total

@@ -8,12 +8,15 @@ softmax, symmetric padding for stride-2 convolutions, nearest upsampling then a 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mdm_jax.models import cpu_matmul
 
 Array = jax.Array
 Dtype = Any
@@ -63,8 +66,13 @@ def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=NORM_EPS, dtype=dtype, use_fast_variance=False, name=name)
 
 
+# Dense / Conv whose bf16 matmuls reach the CPU's bf16 units (cpu_matmul); identical ops on accelerators.
+Dense = functools.partial(nn.Dense, dot_general=cpu_matmul.dot_general)
+Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_matmul.conv_general_dilated)
+
+
 def conv3x3(features: int, dtype: Dtype, name: str | None, stride: int = 1, **kwargs: Any) -> nn.Conv:
-    return nn.Conv(features, (3, 3), strides=(stride, stride), padding=PAD1, dtype=dtype, name=name, **kwargs)
+    return Conv(features, (3, 3), strides=(stride, stride), padding=PAD1, dtype=dtype, name=name, **kwargs)
 
 
 def gelu(x: Array) -> Array:
@@ -83,11 +91,11 @@ def multi_head_attention(q: Array, k: Array, v: Array, num_heads: int, mask: Arr
     q = (q * scale).reshape(b, lq, num_heads, ch)
     k = (k * scale).reshape(b, k.shape[1], num_heads, ch)
     v = v.reshape(b, v.shape[1], num_heads, ch)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    logits = cpu_matmul.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask[:, None, None, :] > 0, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, lq, c)
+    return cpu_matmul.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, lq, c)
 
 
 class ResNet(nn.Module):
@@ -104,7 +112,7 @@ class ResNet(nn.Module):
         c_in = x.shape[-1]
         h = nn.silu(group_norm(self.groups, self.dtype, "norm1")(x))
         h = conv3x3(self.out_channels, self.dtype, "conv1")(h)
-        film = nn.Dense(2 * self.out_channels, dtype=self.dtype, name="time_layer")(nn.silu(temb))
+        film = Dense(2 * self.out_channels, dtype=self.dtype, name="time_layer")(nn.silu(temb))
         if h.shape[0] > film.shape[0]:  # more image rows than embeddings (video frames): repeat per row
             film = jnp.repeat(film, h.shape[0] // film.shape[0], axis=0)
         scale, shift = jnp.split(film[:, None, None, :], 2, axis=-1)
@@ -113,7 +121,7 @@ class ResNet(nn.Module):
         h = nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
         h = conv3x3(self.out_channels, self.dtype, "conv2", kernel_init=nn.initializers.zeros)(h)
         if c_in != self.out_channels:
-            x = nn.Dense(self.out_channels, dtype=self.dtype, name="conv3")(x)
+            x = Dense(self.out_channels, dtype=self.dtype, name="conv3")(x)
         return h + x
 
 
@@ -132,21 +140,21 @@ class SpatialAttention(nn.Module):
     @nn.compact
     def __call__(self, x: Array, cond: Array | None = None, cond_mask: Array | None = None) -> Array:
         b, h, w, c = x.shape
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(group_norm(self.groups, self.dtype, "norm")(x))
+        qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(group_norm(self.groups, self.dtype, "norm")(x))
         q, k, v = jnp.split(qkv.reshape(b, h * w, 3 * c), 3, axis=-1)
         out = multi_head_attention(q, k, v, self.num_heads)
         if self.cond_dim > 0:
             if cond is None:
                 raise ValueError("lm_outputs: this model cross-attends to text; pass text features")
-            kv = nn.Dense(2 * c, dtype=self.dtype, name="kv_cond")(layer_norm(self.dtype, "norm_cond")(cond))
+            kv = Dense(2 * c, dtype=self.dtype, name="kv_cond")(layer_norm(self.dtype, "norm_cond")(cond))
             k_c, v_c = jnp.split(kv, 2, axis=-1)
             out = out + multi_head_attention(q, k_c, v_c, self.num_heads, cond_mask)
-        out = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(out)
+        out = Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(out)
         x = x + out.reshape(b, h, w, c)
         if self.use_ffn:
             y = group_norm(self.groups, self.dtype, "ffn_0")(x)
-            y = gelu(nn.Dense(4 * c, dtype=self.dtype, name="ffn_1")(y))
-            x = x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="ffn_3")(y)
+            y = gelu(Dense(4 * c, dtype=self.dtype, name="ffn_1")(y))
+            x = x + Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="ffn_3")(y)
         return x
 
 
@@ -233,10 +241,10 @@ class SelfAttention1D(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         c = x.shape[-1]
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(layer_norm(self.dtype, "norm")(x))
+        qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(layer_norm(self.dtype, "norm")(x))
         q, k, v = jnp.split(qkv, 3, axis=-1)
         h = multi_head_attention(q, k, v, self.num_heads, mask)
-        return x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(h)
+        return x + Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(h)
 
 
 class MLP(nn.Module):
@@ -249,8 +257,8 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
         y = layer_norm(self.dtype, "main_0")(x)
-        y = gelu(nn.Dense(self.multiplier * c, dtype=self.dtype, name="main_1")(y))
-        return x + nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="main_3")(y)
+        y = gelu(Dense(self.multiplier * c, dtype=self.dtype, name="main_1")(y))
+        return x + Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="main_3")(y)
 
 
 class TextHeadLayer(nn.Module):

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mdm_jax.models.layers import MLP, conv3x3, layer_norm, upsample_nearest
+from mdm_jax.models import cpu_matmul
+from mdm_jax.models.layers import MLP, Conv, Dense, conv3x3, layer_norm, upsample_nearest
 
 Array = jax.Array
 
@@ -75,7 +76,7 @@ class FrameAttention(nn.Module):
     def __call__(self, x: Array) -> Array:
         n, t, c = x.shape
         d = c // self.num_heads
-        qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(layer_norm(self.dtype, "norm")(x))
+        qkv = Dense(3 * c, dtype=self.dtype, name="qkv")(layer_norm(self.dtype, "norm")(x))
         q, k, v = (a.reshape(n, t, self.num_heads, d) for a in jnp.split(qkv, 3, axis=-1))
         if self.rope:
             freqs = rope_frequencies(d)
@@ -83,11 +84,11 @@ class FrameAttention(nn.Module):
             self.sow("intermediates", "q_rotated", q.transpose(0, 2, 1, 3))
             self.sow("intermediates", "k_rotated", k.transpose(0, 2, 1, 3))
         scale = 1.0 / math.sqrt(math.sqrt(d))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k * scale).astype(jnp.float32)
+        logits = cpu_matmul.einsum("bqhd,bkhd->bhqk", q * scale, k * scale).astype(jnp.float32)
         probs = jax.nn.softmax(logits, axis=-1)
         self.sow("intermediates", "attn_probs", probs)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(n, t, c)
-        out = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(ctx)
+        ctx = cpu_matmul.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(n, t, c)
+        out = Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj_out")(ctx)
         return x + out
 
 
@@ -130,5 +131,5 @@ def temporal_conv(conv: nn.Module, x: Array, num_clips: int, mode: str) -> Array
 
 
 def temporal_resample_conv(features: int, mode: str, dtype: Any) -> nn.Conv:
-    return nn.Conv(features, (3,), strides=(2 if mode == "down" else 1,), padding=((1, 1),), dtype=dtype,
+    return Conv(features, (3,), strides=(2 if mode == "down" else 1,), padding=((1, 1),), dtype=dtype,
                    name="resample")

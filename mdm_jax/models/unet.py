@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.models.embeddings import MicroConditioning, masked_mean, timestep_sinusoid
-from mdm_jax.models.layers import ResNetBlock, TextHeadLayer, conv3x3, group_norm
+from mdm_jax.models.layers import Dense, ResNetBlock, TextHeadLayer, conv3x3, group_norm
 from mdm_jax.models.spec import UNetSpec, check_inputs
 
 Array = jax.Array
@@ -43,16 +43,16 @@ class UNet(nn.Module):
 
     def setup(self) -> None:
         s, td = self.spec, self.spec.temporal_dim
-        self.temb_layer1 = nn.Dense(td, dtype=self.dtype)
-        self.temb_layer2 = nn.Dense(td, dtype=self.dtype)
+        self.temb_layer1 = Dense(td, dtype=self.dtype)
+        self.temb_layer2 = Dense(td, dtype=self.dtype)
         if s.micro_conditioning:
             self.cond_layers = MicroConditioning(s.micro_conditioning, td, self.dtype)
         self.conv_in = conv3x3(s.resolution_channels[0], self.dtype, None)
         if s.builds_text_conditioning:
             if s.conditioning_feature_proj_dim > 0:
-                self.lm_proj = nn.Dense(s.cond_dim, dtype=self.dtype)
+                self.lm_proj = Dense(s.cond_dim, dtype=self.dtype)
             self.lm_head = [TextHeadLayer(s.num_heads, self.dtype) for _ in range(s.num_lm_head_layers)]
-            self.cond_emb = nn.Dense(td, use_bias=False, dtype=self.dtype)
+            self.cond_emb = Dense(td, use_bias=False, dtype=self.dtype)
         if s.num_classes:
             # One extra row is the null label used for classifier-free guidance. Unit-variance rows (ADM's
             # nn.Embedding init) put the label on the scale of the time embedding it is added to, so it steers

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.models import UNetSpec, build_model
+from mdm_jax.models.precision import cast_kernels
 
 Array = jax.Array
 COND_KEYS = ("labels", "lm_outputs", "lm_mask", "tokens")
@@ -53,6 +54,11 @@ class Model:
         params["unet"] = self.unet.init(k_unet, xs, jnp.zeros((1,), jnp.int32), lm_outputs=lm_outputs,
                                         lm_mask=lm_mask, labels=cond.get("labels"))["params"]
         return params
+
+    def sampling_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with the UNet's Dense/Conv kernels already in its compute dtype, for sampling loops (bit-
+        identical outputs, one cast instead of one per step: ``mdm_jax.models.precision``)."""
+        return {**params, "unet": cast_kernels(params["unet"], self.unet.dtype)}
 
     def _text_features(self, params: Mapping[str, Any], cond: Mapping[str, Array],
                        frozen: Any = None) -> tuple[Array | None, Array | None]:

@@ -82,7 +82,7 @@ def generate(model: Model, phase: Phase, params: Any, info: Any, cfg: ml_collect
     q, m = float(cfg.get("threshold_quantile", -1)), float(cfg.get("threshold_max", -1))
     top = phase.spec.levels[0]
     out = sampler.sample(
-        jax.tree_util.Partial(model.apply, params, frozen=frozen or None), phase.diffusion, cond,
+        jax.tree_util.Partial(model.apply, model.sampling_params(params), frozen=frozen or None), phase.diffusion, cond,
         shape=(num, top.resolution, top.resolution, top.output_channels), rng=rng,
         num_steps=int(cfg.num_steps), method=str(cfg.method), eta=float(cfg.eta),
         guidance_weight=float(gw) if use_cfg else None, threshold_kind=str(cfg.threshold),

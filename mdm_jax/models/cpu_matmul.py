@@ -1,0 +1,212 @@
+"""bf16 matmuls and convolutions that reach the CPU's bf16 units (AMX / AVX512-BF16) through XLA:CPU.
+
+XLA:CPU (jaxlib 0.10) hands a dot to YNNPACK's bf16 kernels only when it is bf16 x bf16 -> **f32**; a bf16-output
+dot runs on Eigen (4-8x slower here), and every bf16 convolution is converted to f32 (``../shared/design/stack.md``
+item 11). So on CPU, in bf16 compute, this module
+
+- runs dots as ``dot_general(bf16, bf16, preferred_element_type=f32)`` then rounds to bf16, and
+- runs stride-1 convolutions as one such dot per kernel tap on a shifted view of the padded input (the 3x3 convs of
+  the UNet become 9 [N·H·W, Cin] x [Cin, Cout] matmuls summed in f32),
+
+with hand-written backward passes that feed bf16 cotangents to the same f32-accumulating dots (autodiff would
+produce f32 x bf16 dots, which fall back to f32). Accelerators and float32 keep the native ops:
+``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics and the fp32 parity path are
+untouched. The CPU path is at least as accurate as the native bf16 op (f32 accumulation, one rounding at the end).
+Set ``ENABLED = False`` (or ``MDM_CPU_NATIVE_BF16=1``) for the native ops everywhere (A/B benchmarks).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+ENABLED = os.environ.get("MDM_CPU_NATIVE_BF16", "") not in ("1", "true", "True")
+
+
+def _is_bf16(*xs: Array) -> bool:
+    return all(x.dtype == jnp.bfloat16 for x in xs)
+
+
+# ---------------------------------------------------------------------------------------------------------- dots
+
+
+def _spec(a_ndim: int, b_ndim: int, dimension_numbers: Any) -> tuple[str, str, str]:
+    """einsum subscripts equal to ``lax.dot_general``'s (output: batch, lhs free, rhs free)."""
+    (ca, cb), (ba, bb) = dimension_numbers
+    letters = iter(string.ascii_letters)
+    a = [""] * a_ndim
+    b = [""] * b_ndim
+    for i, j in zip(ba, bb, strict=True):
+        a[i] = b[j] = next(letters)
+    for i, j in zip(ca, cb, strict=True):
+        a[i] = b[j] = next(letters)
+    for idx in range(a_ndim):
+        a[idx] = a[idx] or next(letters)
+    for idx in range(b_ndim):
+        b[idx] = b[idx] or next(letters)
+    out = [a[i] for i in ba] + [a[i] for i in range(a_ndim) if i not in ca and i not in ba]
+    out += [b[j] for j in range(b_ndim) if j not in cb and j not in bb]
+    return "".join(a), "".join(b), "".join(out)
+
+
+def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
+    """Two-operand einsum as one ``lax.dot_general(..., preferred_element_type=f32)`` (+ a transpose).
+
+    Not ``jnp.einsum(..., preferred_element_type=f32)``: that converts bf16 operands to f32 first, so XLA:CPU
+    would run an f32 dot."""
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    batch = [c for c in sa if c in sb and c in out]
+    contract = [c for c in sa if c in sb and c not in out]
+    dims = (([sa.index(c) for c in contract], [sb.index(c) for c in contract]),
+            ([sa.index(c) for c in batch], [sb.index(c) for c in batch]))
+    y = lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+    order = batch + [c for c in sa if c not in sb] + [c for c in sb if c not in sa]
+    return y if "".join(order) == out else jnp.transpose(y, [order.index(c) for c in out])
+
+
+def _supported(spec: str) -> bool:
+    """Specs ``_einsum_f32`` handles: two operands, no ellipsis or repeated index, every index in two terms."""
+    if "..." in spec or "->" not in spec or spec.count(",") != 1:
+        return False
+    ins, out = spec.split("->")
+    terms = [*ins.split(","), out]
+    if any(len(set(t)) != len(t) for t in terms):
+        return False
+    return all(sum(c in t for t in terms) == 2 for c in set("".join(terms)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _f32acc_einsum(spec: str, a: Array, b: Array) -> Array:
+    return _einsum_f32(spec, a, b).astype(jnp.bfloat16)
+
+
+def _f32acc_einsum_fwd(spec: str, a: Array, b: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _f32acc_einsum(spec, a, b), (a, b)
+
+
+def _f32acc_einsum_bwd(spec: str, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    # For C = einsum(A,B) with every index in two of A, B, C: dA = einsum(C,B->A), dB = einsum(A,C->B).
+    a, b = res
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    g = g.astype(jnp.bfloat16)
+    da = _einsum_f32(f"{out},{sb}->{sa}", g, b).astype(a.dtype)
+    db = _einsum_f32(f"{sa},{out}->{sb}", a, g).astype(b.dtype)
+    return da, db
+
+
+_f32acc_einsum.defvjp(_f32acc_einsum_fwd, _f32acc_einsum_bwd)
+
+
+def einsum(spec: str, a: Array, b: Array) -> Array:
+    """``jnp.einsum`` of two operands; bf16 operands on CPU go through f32-accumulating (AMX) dots."""
+    if not (ENABLED and _is_bf16(a, b)):
+        return jnp.einsum(spec, a, b)
+    if not _supported(spec):
+        return jnp.einsum(spec, a, b)  # not needed by the model; keep the native op
+    return lax.platform_dependent(a, b, cpu=lambda a, b: _f32acc_einsum(spec, a, b),
+                                  default=lambda a, b: jnp.einsum(spec, a, b))
+
+
+def dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
+                preferred_element_type: Any = None, **kwargs: Any) -> Array:
+    """Drop-in for ``lax.dot_general`` (flax's ``nn.Dense(dot_general=...)``)."""
+    if not (ENABLED and _is_bf16(lhs, rhs)) or preferred_element_type not in (None, jnp.bfloat16) or kwargs:
+        return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type, **kwargs)
+    sa, sb, so = _spec(lhs.ndim, rhs.ndim, dimension_numbers)
+    return einsum(f"{sa},{sb}->{so}", lhs, rhs)
+
+
+# ---------------------------------------------------------------------------------------------------- convolutions
+
+
+def _tap_conv_f32(x: Array, w: Array, pads: Sequence[tuple[int, int]]) -> Array:
+    """Stride-1 NHWC x HWIO convolution (any number of spatial dims) as one f32-accumulating dot per tap."""
+    nsp = x.ndim - 2
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    ksize = w.shape[:nsp]
+    out_sp = [xp.shape[1 + d] - ksize[d] + 1 for d in range(nsp)]
+    out = None
+    for tap in itertools.product(*map(range, ksize)):
+        window = xp[(slice(None), *(slice(t, t + o) for t, o in zip(tap, out_sp, strict=True)), slice(None))]
+        y = lax.dot_general(window, w[tap], (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+        out = y if out is None else out + y
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _tap_conv(x: Array, w: Array, pads: tuple[tuple[int, int], ...]) -> Array:
+    return _tap_conv_f32(x, w, pads).astype(jnp.bfloat16)
+
+
+def _tap_conv_fwd(x: Array, w: Array, pads: tuple[tuple[int, int], ...]) -> tuple[Array, tuple[Array, Array]]:
+    return _tap_conv(x, w, pads), (x, w)
+
+
+def _tap_conv_bwd(pads: tuple[tuple[int, int], ...], res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, w = res
+    g = g.astype(jnp.bfloat16)
+    nsp = x.ndim - 2
+    ksize = w.shape[:nsp]
+    # dx: the "full" correlation of g with the flipped, in/out-swapped kernel.
+    w_t = jnp.swapaxes(jnp.flip(w, axis=tuple(range(nsp))), -1, -2)
+    pads_t = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(ksize, pads, strict=True))
+    dx = _tap_conv_f32(g, w_t, pads_t).astype(x.dtype)
+    # dw[tap] = window(tap)^T g, contracted over batch and output positions.
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out_sp = g.shape[1:-1]
+    axes = tuple(range(x.ndim - 1))
+    taps = []
+    for tap in itertools.product(*map(range, ksize)):
+        window = xp[(slice(None), *(slice(t, t + o) for t, o in zip(tap, out_sp, strict=True)), slice(None))]
+        taps.append(lax.dot_general(window, g, ((axes, axes), ((), ())), preferred_element_type=jnp.float32))
+    dw = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
+    return dx, dw
+
+
+_tap_conv.defvjp(_tap_conv_fwd, _tap_conv_bwd)
+
+
+def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
+    if dimension_numbers is None:
+        return False
+    dn = lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, dimension_numbers)
+    nsp = ndim - 2
+    return (tuple(dn.lhs_spec) == (0, ndim - 1, *range(1, ndim - 1))
+            and tuple(dn.rhs_spec) == (ndim - 1, ndim - 2, *range(nsp))
+            and tuple(dn.out_spec) == (0, ndim - 1, *range(1, ndim - 1)))
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
+                         lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> Array:
+    """Drop-in for ``lax.conv_general_dilated`` (flax's ``nn.Conv(conv_general_dilated=...)``)."""
+
+    def native(lhs: Array, rhs: Array) -> Array:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, batch_group_count, precision,
+                                        preferred_element_type)
+
+    simple = (ENABLED and _is_bf16(lhs, rhs) and preferred_element_type in (None, jnp.bfloat16)
+              and all(s == 1 for s in window_strides) and not isinstance(padding, str)
+              and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
+              and feature_group_count == 1 and batch_group_count == 1
+              and _is_nhwc_hwio(dimension_numbers, lhs.ndim))
+    if not simple:
+        return native(lhs, rhs)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _tap_conv(x, w, pads), default=native)

@@ -1,0 +1,147 @@
+"""The CPU bf16 matmul path (mdm_jax.models.cpu_matmul) and the sampler's kernel pre-cast (models.precision).
+
+bf16 convolutions, Dense layers and attention einsums take f32-accumulating dots on CPU: values and gradients
+agree with float32 references to bf16 rounding, the CPU lowering really has no convolution left, float32 keeps
+the native ops (the parity path), and pre-casting kernels for sampling changes no bit of the output.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from mdm_jax.models import build_model, cpu_matmul
+from mdm_jax.models.precision import cast_kernels
+
+BF16 = jnp.bfloat16
+
+
+def _rand(shape, seed, scale=1.0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) * scale, jnp.float32)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _conv(fn, x, w, pads, dn):
+    nd = lax.conv_dimension_numbers(x.shape, w.shape, dn)
+    return fn(x, w, (1,) * (x.ndim - 2), pads, dimension_numbers=nd)
+
+
+@pytest.mark.parametrize("case", [
+    ("3x3", (2, 6, 5, 8), (3, 3, 8, 4), ((1, 1), (1, 1)), ("NHWC", "HWIO", "NHWC")),
+    ("asym", (1, 7, 6, 4), (3, 3, 4, 6), ((0, 2), (2, 0)), ("NHWC", "HWIO", "NHWC")),
+    ("1x1", (2, 4, 4, 8), (1, 1, 8, 3), ((0, 0), (0, 0)), ("NHWC", "HWIO", "NHWC")),
+    ("1d", (3, 16, 8), (3, 8, 8), ((1, 1),), ("NWC", "WIO", "NWC")),
+])
+def test_tap_conv_matches_float32_conv_and_its_gradients(case):
+    _, xs, ws, pads, dn = case
+    x, w = _rand(xs, 0), _rand(ws, 1, 0.3)
+
+    def ours(x, w):
+        return _conv(cpu_matmul.conv_general_dilated, x.astype(BF16), w.astype(BF16), pads, dn)
+
+    def ref(x, w):  # float32 conv of the same bf16-rounded inputs
+        return _conv(lax.conv_general_dilated, x.astype(BF16).astype(jnp.float32),
+                     w.astype(BF16).astype(jnp.float32), pads, dn)
+
+    y = jax.jit(ours)(x, w)
+    assert y.dtype == BF16
+    assert _rel(y, ref(x, w)) < 1e-2  # one bf16 rounding of an f32-accumulated sum
+
+    def loss(f):
+        return lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+
+    gx, gw = jax.jit(jax.grad(loss(ours), (0, 1)))(x, w)
+    rx, rw = jax.grad(loss(ref), (0, 1))(x, w)
+    assert _rel(gx, rx) < 2e-2 and _rel(gw, rw) < 2e-2
+
+
+def test_cpu_lowering_has_no_convolution_in_bf16_and_keeps_it_in_float32():
+    x, w = _rand((1, 8, 8, 16), 0), _rand((3, 3, 16, 16), 1)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def f(x, w):
+        return _conv(cpu_matmul.conv_general_dilated, x, w, ((1, 1), (1, 1)), dn)
+
+    bf16 = jax.jit(f).lower(x.astype(BF16), w.astype(BF16)).as_text()
+    assert "convolution" not in bf16 and bf16.count("dot_general") == 9
+    assert "convolution" in jax.jit(f).lower(x, w).as_text()  # float32: the native op, untouched numerics
+    # Strided convs (downsampling) keep the native op in bf16 too.
+    nd = lax.conv_dimension_numbers(x.shape, w.shape, dn)
+    strided = jax.jit(lambda x, w: cpu_matmul.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
+                                                                    dimension_numbers=nd))
+    assert "convolution" in strided.lower(x.astype(BF16), w.astype(BF16)).as_text()
+
+
+@pytest.mark.parametrize("spec,sa,sb", [
+    ("bqhd,bkhd->bhqk", (2, 5, 3, 4), (2, 7, 3, 4)),
+    ("bhqk,bkhd->bqhd", (2, 3, 5, 7), (2, 7, 3, 4)),
+    ("ab,bc->ac", (6, 5), (5, 3)),
+    ("bcda,ae->bcde", (1, 2, 3, 4), (4, 5)),
+])
+def test_einsum_and_its_gradients(spec, sa, sb):
+    a, b = _rand(sa, 0), _rand(sb, 1)
+
+    def ours(a, b):
+        return cpu_matmul.einsum(spec, a.astype(BF16), b.astype(BF16)).astype(jnp.float32)
+
+    def ref(a, b):
+        return jnp.einsum(spec, a.astype(BF16).astype(jnp.float32), b.astype(BF16).astype(jnp.float32))
+
+    assert _rel(jax.jit(ours)(a, b), ref(a, b)) < 1e-2
+    for g, r in zip(jax.grad(lambda a, b: jnp.sum(ours(a, b) ** 2), (0, 1))(a, b),
+                    jax.grad(lambda a, b: jnp.sum(ref(a, b) ** 2), (0, 1))(a, b), strict=True):
+        assert _rel(g, r) < 2e-2
+    # bf16 operands go to the dot as bf16 (jnp.einsum(preferred_element_type=f32) would convert them to f32)
+    hlo = jax.jit(ours).lower(a, b).as_text()
+    assert "dot_general" in hlo and "bf16" in hlo.split("dot_general")[1].split("\n")[0]
+
+
+def test_dot_general_with_batch_dims_equals_lax():
+    a, b = _rand((3, 4, 5, 6), 0), _rand((3, 6, 2, 5), 1)
+    dims = (((3, 2), (1, 3)), ((0,), (0,)))  # contract (6, 5), batch 3: output (3, 4, 2)
+    ours = cpu_matmul.dot_general(a.astype(BF16), b.astype(BF16), dims)
+    ref = lax.dot_general(a.astype(BF16).astype(jnp.float32), b.astype(BF16).astype(jnp.float32), dims)
+    assert ours.shape == ref.shape == (3, 4, 2) and ours.dtype == BF16
+    assert _rel(ours, ref) < 1e-2
+
+
+def test_disabled_gives_the_native_ops(monkeypatch):
+    monkeypatch.setattr(cpu_matmul, "ENABLED", False)
+    x, w = _rand((1, 8, 8, 16), 0).astype(BF16), _rand((3, 3, 16, 16), 1).astype(BF16)
+    hlo = jax.jit(lambda x, w: _conv(cpu_matmul.conv_general_dilated, x, w, ((1, 1), (1, 1)),
+                                     ("NHWC", "HWIO", "NHWC"))).lower(x, w).as_text()
+    assert "convolution" in hlo
+
+
+def _tiny_model(dtype):
+    from mdm_jax.models.spec import spec_from_config
+
+    cfg = {"resolution": 16, "resolution_channels": [16, 32], "num_resnets_per_resolution": [1, 1],
+           "attention_levels": [1], "num_attention_layers": [0, 1], "num_heads": 2, "temporal_dim": 32,
+           "conditioning_feature_dim": 24, "conditioning_feature_proj_dim": 32, "num_lm_head_layers": 0,
+           "masked_cross_attention": 0, "skip_mid_blocks": False, "skip_cond_emb": False,
+           "resnet_config": {"num_channels": -1, "output_channels": -1, "num_groups_norm": 8, "dropout": 0.0,
+                             "use_attention_ffn": True}}
+    return build_model(spec_from_config(cfg), dtype=dtype)
+
+
+def test_precast_kernels_change_no_bit_of_a_bf16_model_and_keep_float32_untouched():
+    model = _tiny_model("bfloat16")
+    xs = [_rand((2, 16, 16, 3), 0)]
+    t = jnp.array([10, 500])
+    text, mask = _rand((2, 5, 24), 1), jnp.ones((2, 5))
+    params = model.init(jax.random.PRNGKey(0), xs, t, text, mask)["params"]
+    cast = cast_kernels(params, model.dtype)
+    kinds = {(getattr(p[-1], "key", ""), leaf.dtype.name) for p, leaf in jax.tree_util.tree_leaves_with_path(cast)}
+    assert ("kernel", "bfloat16") in kinds and ("kernel", "float32") not in kinds
+    assert ("scale", "float32") in kinds and ("bias", "float32") in kinds  # norms and biases as they were
+    f = jax.jit(lambda p: model.apply({"params": p}, xs, t, text, mask)[0])
+    np.testing.assert_array_equal(np.asarray(f(params)), np.asarray(f(cast)))
+    assert cast_kernels(params, jnp.float32) is params

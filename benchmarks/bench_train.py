@@ -129,6 +129,8 @@ def build_step(args: argparse.Namespace) -> dict:
         cfg.phases = [config_lib.phase("bench", model=model_cfg, batch_size=args.batch, steps=1,
                                        multi_res_weights=diffusion.get("multi_res_weights"),
                                        mixed_ratio=diffusion.get("mixed_ratio"))]
+    if getattr(args, "grad_accum", 0):
+        cfg.phases[0].grad_accum_steps = int(args.grad_accum)
     cfg.model.dtype = args.dtype
     cfg.optimizer.mu_dtype = args.mu_dtype
     phase = phases.build_phases(cfg)[0]
@@ -154,6 +156,7 @@ def build_step(args: argparse.Namespace) -> dict:
     mem_gb = {k: round(getattr(mem, f"{k}_size_in_bytes", 0) / 2**30, 2)
               for k in ("argument", "output", "alias", "temp")} if mem is not None else {}
     return {"compiled": compiled, "batch": batch, "compile_s": compile_s, "xla_memory_gb": mem_gb,
+            "grad_accum": int(phase.grad_accum_steps),
             "flops": float(cost.get("flops", float("nan"))),
             "init_state": jax.jit(lambda k: state_lib.init_state(model.init(k, batch), tx))}
 
@@ -183,7 +186,7 @@ def run_one(args: argparse.Namespace) -> dict:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {
         "model": args.model, "batch": args.batch, "dtype": args.dtype, "remat": args.remat,
-        "mu_dtype": args.mu_dtype or "float32",
+        "mu_dtype": args.mu_dtype or "float32", "grad_accum": built["grad_accum"],
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": int(n_params),
         "compile_s": round(built["compile_s"], 1),
         "step_s_median": round(step_s, 4), "step_s_min": round(min(times), 4), "steps_timed": len(times),
@@ -205,6 +208,8 @@ def main() -> None:
     p.add_argument("--phase", default="", help="with a config file as --model: the phase to time (default: last)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true", help="rematerialise ResNet/attention layers in the backward")
+    p.add_argument("--grad_accum", type=int, default=0,
+                   help="micro-batches per step (gradient accumulation; 0 = the config's, else 1)")
     p.add_argument("--mu_dtype", default="", help="Adam first-moment dtype ('' = float32, 'bfloat16' saves memory)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)

@@ -111,10 +111,8 @@ _f32acc_einsum.defvjp(_f32acc_einsum_fwd, _f32acc_einsum_bwd)
 
 def einsum(spec: str, a: Array, b: Array) -> Array:
     """``jnp.einsum`` of two operands; bf16 operands on CPU go through f32-accumulating (AMX) dots."""
-    if not (ENABLED and _is_bf16(a, b)):
+    if not (ENABLED and _is_bf16(a, b) and _supported(spec)):
         return jnp.einsum(spec, a, b)
-    if not _supported(spec):
-        return jnp.einsum(spec, a, b)  # not needed by the model; keep the native op
     return lax.platform_dependent(a, b, cpu=lambda a, b: _f32acc_einsum(spec, a, b),
                                   default=lambda a, b: jnp.einsum(spec, a, b))
 
@@ -132,15 +130,19 @@ def dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any =
 # ---------------------------------------------------------------------------------------------------- convolutions
 
 
+def _windows(x: Array, pads: Sequence[tuple[int, int]], ksize: Sequence[int], out_sp: Sequence[int]):
+    """(tap, the padded input's window seen by that kernel tap) for every tap of a stride-1 convolution."""
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    for tap in itertools.product(*map(range, ksize)):
+        yield tap, xp[(slice(None), *(slice(t, t + o) for t, o in zip(tap, out_sp, strict=True)), slice(None))]
+
+
 def _tap_conv_f32(x: Array, w: Array, pads: Sequence[tuple[int, int]]) -> Array:
     """Stride-1 NHWC x HWIO convolution (any number of spatial dims) as one f32-accumulating dot per tap."""
-    nsp = x.ndim - 2
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    ksize = w.shape[:nsp]
-    out_sp = [xp.shape[1 + d] - ksize[d] + 1 for d in range(nsp)]
+    ksize = w.shape[:x.ndim - 2]
+    out_sp = [n + lo + hi - k + 1 for n, (lo, hi), k in zip(x.shape[1:-1], pads, ksize, strict=True)]
     out = None
-    for tap in itertools.product(*map(range, ksize)):
-        window = xp[(slice(None), *(slice(t, t + o) for t, o in zip(tap, out_sp, strict=True)), slice(None))]
+    for tap, window in _windows(x, pads, ksize, out_sp):
         y = lax.dot_general(window, w[tap], (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
         out = y if out is None else out + y
     return out
@@ -165,12 +167,9 @@ def _tap_conv_bwd(pads: tuple[tuple[int, int], ...], res: tuple[Array, Array], g
     pads_t = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(ksize, pads, strict=True))
     dx = _tap_conv_f32(g, w_t, pads_t).astype(x.dtype)
     # dw[tap] = window(tap)^T g, contracted over batch and output positions.
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    out_sp = g.shape[1:-1]
     axes = tuple(range(x.ndim - 1))
     taps = []
-    for tap in itertools.product(*map(range, ksize)):
-        window = xp[(slice(None), *(slice(t, t + o) for t, o in zip(tap, out_sp, strict=True)), slice(None))]
+    for _, window in _windows(x, pads, ksize, g.shape[1:-1]):
         taps.append(lax.dot_general(window, g, ((axes, axes), ((), ())), preferred_element_type=jnp.float32))
     dw = jnp.stack(taps).reshape(w.shape).astype(w.dtype)
     return dx, dw

@@ -83,9 +83,13 @@ def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int, ca
                  hint: dict | None = None) -> tuple[dict | None, str]:
     """Compile on growing slices until one fits. Each compiled plan predicts (``_predicted_total``) which larger
     slice will fit, and the slices in between are skipped; so is the start when ``hint`` (the same phase compiled
-    for another chip) predicts it. The returned note names the smaller slices that were only predicted not to
-    fit, so the README says which rows rest on a compile and which on a scaled estimate."""
+    for another chip, else any slice of this chip already compiled) predicts it. The returned note names the
+    smaller slices that were only predicted not to fit, so the README says which rows rest on a compile and which
+    on a scaled estimate."""
     slices = SLICES[chip]
+    if hint is None:  # a plan already compiled for any slice of this chip predicts the others just as well
+        cached = [out / f"{config}_{phase}_{chip}_{topo}.json" for topo, _ in slices]
+        hint = next((json.loads(p.read_text())[0] for p in cached if p.exists()), None)
     last, skipped, basis, i = None, [], hint, 0
     while i < len(slices):
         topo, name = slices[i]

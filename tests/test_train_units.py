@@ -111,6 +111,14 @@ def test_warmup_schedule_and_ema():
     sched = optimizer.learning_rate_schedule({"learning_rate": 1e-4, "warmup_steps": 30_000})
     np.testing.assert_allclose([float(sched(s)) for s in (0, 15_000, 30_000, 10**6)], [0, 5e-5, 1e-4, 1e-4],
                                rtol=1e-6)
+    cosine = optimizer.learning_rate_schedule({"learning_rate": 1e-3, "warmup_steps": 100, "lr_decay": "cosine",
+                                               "final_lr_fraction": 0.1}, total_steps=1_100)
+    np.testing.assert_allclose([float(cosine(s)) for s in (50, 100, 600, 1_100, 5_000)],
+                               [5e-4, 1e-3, 1e-4 + 9e-4 * 0.5, 1e-4, 1e-4], rtol=1e-5)
+    with pytest.raises(ValueError, match="lr_decay"):
+        optimizer.learning_rate_schedule({"learning_rate": 1e-3, "lr_decay": "linear"})
+    with pytest.raises(ValueError, match="exceed"):
+        optimizer.learning_rate_schedule({"learning_rate": 1e-3, "warmup_steps": 10, "lr_decay": "cosine"}, 10)
     ema = optimizer.ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.9999)
     np.testing.assert_allclose(ema["w"], 1e-4, rtol=1e-3)
 

@@ -31,3 +31,17 @@ def test_wrong_direction_colour_and_frozen_clips_fail():
     assert video_score.score(clips, other).colour == 0.0
     with pytest.raises(ValueError, match="moving_shapes prompt"):
         video_score.score(clips[:1], ["a red circle in the top left"])
+
+
+def test_score_levels_reads_sampler_output():
+    """What the trainer scores after sampling: clip mosaics (high level) + first frames (low level)."""
+    src = video.MovingShapesSource(32, frames=4, split="validation")
+    items = [src[i] for i in range(8)]
+    mosaics = np.stack([it["image"] for it in items])
+    prompts = [it["caption"] for it in items]
+    firsts = video.unmosaic(mosaics, 4)[:, 0, ::2, ::2]  # 16 px first frames
+    s = video_score.score_levels([mosaics, firsts], prompts, (2, 1))
+    assert (s.n, s.colour_and_direction, s.nest_colour_agree) == (8, 1.0, 1.0)
+    assert video_score.score_levels([mosaics[:, ::-1], firsts], prompts, (2, 1)).direction < 1.0  # tiles permuted
+    assert video_score.score_levels([mosaics], ["a cat"] * 8, (2,)) is None  # not moving-shapes prompts
+    assert video_score.score_levels([firsts], prompts, (1,)) is None  # an image phase

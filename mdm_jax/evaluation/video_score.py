@@ -140,6 +140,22 @@ def score(clips: Sequence[np.ndarray], prompts: Sequence[str], first_frames: Seq
                       nest_c, nest_d)
 
 
+def score_levels(levels: Sequence[np.ndarray], captions: Sequence[str], tiles: Sequence[int]) -> VideoScore | None:
+    """Score a sampler's output directly (uint8 levels high -> low, ``tiles``: mosaic tiles per side of each
+    level): the clip level against its captions, the single-frame level (if any) against frame 0. ``None`` when
+    the samples are not clips or a caption is not a ``moving_shapes`` prompt (a user's own prompts)."""
+    if not tiles or tiles[0] <= 1 or not captions:
+        return None
+    try:
+        for c in captions:
+            parse_prompt(c)
+    except ValueError:
+        return None
+    clips = video.unmosaic(np.asarray(levels[0]), tiles[0] * tiles[0])
+    first = np.asarray(levels[-1]) if len(levels) > 1 and tiles[-1] == 1 else None
+    return score(list(clips[:len(captions)]), list(captions), None if first is None else list(first[:len(captions)]))
+
+
 def split_grid(grid: np.ndarray, n: int, size: int, pad: int = 2) -> np.ndarray:
     """Inverse of ``reporting.image_grid`` for ``n`` images of ``size`` px: (n, size, size, 3)."""
     cols = int(np.ceil(np.sqrt(n)))

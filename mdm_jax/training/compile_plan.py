@@ -293,7 +293,7 @@ def plan_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, devic
     example = example_batch(info, 1)
     abstract_params = jax.eval_shape(lambda k: model.init(k, example), jax.random.key(0))
     labels = param_labels(abstract_params, phase.freeze, phase.lr_multipliers)
-    tx, schedule = make_optimizer(config.optimizer, labels)
+    tx, schedule = make_optimizer(config.optimizer, labels, phase.steps)
     shardings = state_lib.state_shardings(state_lib.abstract_state(abstract_params, tx), mesh,
                                           int(config.sharding.min_size))
     abstract = state_lib.abstract_state(abstract_params, tx, shardings)

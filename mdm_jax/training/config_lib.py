@@ -38,6 +38,8 @@ def optimizer(**overrides: Any) -> ConfigDict:
         eps=1e-8,
         learning_rate=1e-4,
         warmup_steps=30_000,
+        lr_decay="none",  # 'none': constant after warmup (the paper, ml-mdm); 'cosine': to final_lr_fraction at
+        final_lr_fraction=0.0,  # the end of each phase
         weight_decay=0.0,
         grad_clip_norm=2.0,
         ema_decay=0.9999,

@@ -24,9 +24,20 @@ def under(path: str, prefix: str) -> bool:
     return not prefix or path == prefix or path.startswith(prefix.rstrip("/") + "/")
 
 
-def learning_rate_schedule(cfg: Mapping[str, Any]) -> optax.Schedule:
-    """Linear warmup from 0 to ``learning_rate`` over ``warmup_steps``, then constant (ml-mdm)."""
+def learning_rate_schedule(cfg: Mapping[str, Any], total_steps: int = 0) -> optax.Schedule:
+    """Linear warmup from 0 to ``learning_rate`` over ``warmup_steps``, then constant (ml-mdm, ``lr_decay='none'``)
+    or a cosine from ``learning_rate`` to ``final_lr_fraction`` of it at ``total_steps`` (the phase's steps: each
+    phase restarts its optimizer), which short runs need to end on a settled model."""
     lr, warmup = float(cfg["learning_rate"]), int(cfg.get("warmup_steps", 0))
+    decay = cfg.get("lr_decay", "none") or "none"
+    if decay not in ("none", "cosine"):
+        raise ValueError(f"optimizer.lr_decay: expected 'none' or 'cosine', got {decay!r}")
+    if decay == "cosine":
+        if total_steps <= warmup:
+            raise ValueError(f"optimizer.lr_decay='cosine' needs the phase's steps ({total_steps}) to exceed "
+                             f"optimizer.warmup_steps ({warmup})")
+        final = float(cfg.get("final_lr_fraction", 0.0))
+        return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 0), total_steps, end_value=lr * final)
     if warmup <= 0:
         return optax.constant_schedule(lr)
     return optax.linear_schedule(0.0, lr, warmup)
@@ -56,9 +67,11 @@ def frozen_mask(labels: Any) -> Any:
     return jax.tree.map(lambda label: label == FROZEN, labels)
 
 
-def make_optimizer(cfg: Mapping[str, Any], labels: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """clip_by_global_norm -> Adam(W) -> lr schedule (x multiplier per label); returns (tx, base schedule)."""
-    schedule = learning_rate_schedule(cfg)
+def make_optimizer(cfg: Mapping[str, Any], labels: Any,
+                   total_steps: int = 0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """clip_by_global_norm -> Adam(W) -> lr schedule (x multiplier per label); returns (tx, base schedule).
+    ``total_steps``: the phase's steps, the length of a decaying schedule."""
+    schedule = learning_rate_schedule(cfg, total_steps)
     mu_dtype = jnp.dtype(cfg["mu_dtype"]) if cfg.get("mu_dtype") else None
 
     def adam(multiplier: float) -> optax.GradientTransformation:

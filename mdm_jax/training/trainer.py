@@ -126,7 +126,7 @@ def setup_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, mesh
     example = example_batch(info, info.per_host_batch_size)
     abstract_params = jax.eval_shape(lambda k: model.init(k, example), jax.random.key(0))
     labels = param_labels(abstract_params, phase.freeze, phase.lr_multipliers)
-    tx, schedule = make_optimizer(config.optimizer, labels)
+    tx, schedule = make_optimizer(config.optimizer, labels, phase.steps)
     run = PhaseRun(phase, model, tx, schedule, labels, None, None, data, info, example, None, frozen)
     abstract = state_lib.abstract_state(abstract_params, tx)
     run.shardings = state_lib.state_shardings(abstract, mesh, int(config.sharding.min_size))
@@ -295,6 +295,8 @@ class Trainer:
             sampling.write_grids(levels, captions, run.phase.spec.resolutions,
                                  io_paths.join(self.workdir, "samples", run.phase.name), step, self.writer,
                                  tiles=run.phase.spec.level_tiles, weights=weights)
+            if self.config.data.get("name") == "moving_shapes":
+                self._score_clips(levels, captions, run, step, weights)
             if prompt_following.applies(self.config, run.info, run.phase.index, len(self.phases)):
                 prompt_following.score_and_report(
                     run.model, run.phase, params, run.info, cfg, step, weights, self.writer,
@@ -303,6 +305,25 @@ class Trainer:
             logging.exception("Sampling at step %d failed; training continues.", step)
             return
         logging.info("Sampled %d images in %.1fs", len(captions), time.perf_counter() - t0)
+
+    def _score_clips(self, levels: list[np.ndarray], captions: list[str], run: PhaseRun, step: int,
+                     weights: str) -> None:
+        """Procedural clips: how many follow their prompt's colour and motion, printed with the samples."""
+        from mdm_jax.evaluation import video_score
+
+        s = video_score.score_levels(levels, captions, run.phase.spec.level_tiles)
+        if s is None:
+            return
+        line = f"[{run.phase.name}] step {step}, {weights} weights: {s.summary()}"
+        logging.info("%s", line)
+        print(line, flush=True)
+        if self.writer is not None:
+            self.writer.scalars(step, {f"video_following/{k}": v for k, v in vars(s).items()
+                                       if k != "n" and v is not None})
+        if jax.process_index() == 0:
+            io_paths.write_text(io_paths.join(self.workdir, "samples", run.phase.name,
+                                              f"video_score_step_{step:08d}_{weights}.json"),
+                                json.dumps(dict(step=step, weights=weights, **vars(s)), indent=1))
 
     def evaluate(self, run: PhaseRun, state: state_lib.TrainState, step: int) -> None:
         """Periodic eval (``config.eval``); like sampling, a failure is logged, never fatal."""

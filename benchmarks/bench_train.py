@@ -47,6 +47,8 @@ SWEEP = {
     "llvm-O1": "--xla_backend_optimization_level=1",
     "llvm-O0": "--xla_backend_optimization_level=0",
     "O1+ynn-dot": "--xla_backend_optimization_level=1 --xla_cpu_experimental_ynn_fusion_type=dot",
+    "mem-sched": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "no-concurrency-sched": "--xla_cpu_enable_concurrency_optimized_scheduler=false",
 }
 
 

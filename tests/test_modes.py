@@ -102,7 +102,7 @@ def test_convert_accepts_training_config_with_phase(tmp_path, capsys):
     from mdm_jax.convert.mlmdm_config import load_config_file
     from mdm_jax.models import build_model, spec_from_config
 
-    spec_str = os.path.join(REPO, "configs", "fashion_mnist.py") + ":runlocal"
+    spec_str = os.path.join(REPO, "configs", "ablation_fmnist.py") + ":progressive,scale=0.01"  # 16 px, then 32/16
     decoded = load_config_file(spec_str, phase=0)
     spec = spec_from_config(decoded.model)
     shapes = cli.param_shapes(build_model(spec), spec)

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHIP_HBM = {"v5p": 95.74 * 2**30, "v6e": 32e9}  # what XLA:TPU allows per chip (mdm_jax.training.compile_plan.CHIPS)
 SLICES = {
     "v5p": [("2x2x1", "v5p-8"), ("2x2x2", "v5p-16"), ("2x2x4", "v5p-32"), ("2x4x4", "v5p-64"), ("4x4x4", "v5p-128")],
-    "v6e": [("2x2", "v6e-4"), ("2x4", "v6e-8"), ("4x4", "v6e-16"), ("4x8", "v6e-32"), ("8x8", "v6e-64")],
+    "v6e": [("2x2", "v6e-4"), ("2x4", "v6e-8"), ("4x4", "v6e-16"), ("4x8", "v6e-32"), ("8x8", "v6e-64"),
+            ("8x16", "v6e-128"), ("16x16", "v6e-256")],
 }
 # (config, phase) -> the (config, phase) whose compile it shares (same model, batch, data and text encoder).
 SAME = {("imagenet256", "64"): ("imagenet64", "64"), ("cc12m_256", "64"): ("cc12m_64", "64"),

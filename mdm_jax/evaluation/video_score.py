@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import jax
 import numpy as np
+from absl import logging
 from PIL import Image
 
+from mdm_jax import io_paths
 from mdm_jax.data import procedural, video
 from mdm_jax.evaluation import shapes_score
 
@@ -154,6 +159,24 @@ def score_levels(levels: Sequence[np.ndarray], captions: Sequence[str], tiles: S
     clips = video.unmosaic(np.asarray(levels[0]), tiles[0] * tiles[0])
     first = np.asarray(levels[-1]) if len(levels) > 1 and tiles[-1] == 1 else None
     return score(list(clips[:len(captions)]), list(captions), None if first is None else list(first[:len(captions)]))
+
+
+def score_and_report(levels: Sequence[np.ndarray], captions: Sequence[str], phase: Any, step: int, weights: str,
+                     writer: Any, out_dir: str) -> VideoScore | None:
+    """``score_levels`` on a training run's samples: printed, logged to TensorBoard (``video_following/*``) and
+    written as ``video_score_step_<n>_<weights>.json`` beside the clips (process 0)."""
+    s = score_levels(levels, captions, phase.spec.level_tiles)
+    if s is None:
+        return None
+    line = f"[{phase.name}] step {step}, {weights} weights: {s.summary()}"
+    logging.info("%s", line)
+    print(line, flush=True)
+    if writer is not None:
+        writer.scalars(step, {f"video_following/{k}": v for k, v in vars(s).items() if k != "n" and v is not None})
+    if jax.process_index() == 0:
+        io_paths.write_text(io_paths.join(out_dir, f"video_score_step_{step:08d}_{weights}.json"),
+                            json.dumps(dict(step=step, weights=weights, **vars(s)), indent=1))
+    return s
 
 
 def split_grid(grid: np.ndarray, n: int, size: int, pad: int = 2) -> np.ndarray:

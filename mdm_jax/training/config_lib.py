@@ -231,16 +231,17 @@ def tiny_nested(resolution: int, channels: Sequence[int], inner: ConfigDict, *,
 
 
 def tiny_architecture(resolutions: Sequence[int], *, cond_dim: int = -1, num_classes: int = 0,
-                      width: int = 32) -> ConfigDict:
+                      width: int = 32, outer_channels: int = 0) -> ConfigDict:
     """A CPU-sized stand-in for a paper architecture with the same nesting (resolutions high -> low): the inner
-    UNet has attention (and cross-attention with text), the outer levels are convolutional, as in Appendix A."""
+    UNet has attention (and cross-attention with text), the outer levels are convolutional, as in Appendix A.
+    ``outer_channels``: channels of each outer level at its own resolution (0: ``max(8, width // 2)``)."""
     res = list(resolutions)
     cfg = tiny_unet(res[-1], [width, 2 * width], attention_levels=[1], cond_dim=cond_dim, temporal_dim=2 * width)
     for hi, lo in zip(res[-2::-1], res[::-1], strict=False):
         levels = {2: 2, 4: 3}.get(hi // lo)
         if levels is None:
             raise ValueError(f"tiny_architecture: nest ratio {hi // lo} ({hi} around {lo}) must be 2 or 4")
-        cfg = tiny_nested(hi, [max(8, width // 2)] * (levels - 1) + [width], cfg)
+        cfg = tiny_nested(hi, [outer_channels or max(8, width // 2)] * (levels - 1) + [width], cfg)
     cfg.num_classes = num_classes
     return cfg
 

@@ -23,7 +23,7 @@ from absl import logging
 
 from mdm_jax import data as data_lib
 from mdm_jax import io_paths
-from mdm_jax.evaluation import prompt_following
+from mdm_jax.evaluation import prompt_following, video_score
 from mdm_jax.training import checkpoint as ckpt_lib
 from mdm_jax.training import model_fn, partitioning, reporting, run_info, sampling, sources, wallclock
 from mdm_jax.training import phases as phases_lib
@@ -296,7 +296,8 @@ class Trainer:
                                  io_paths.join(self.workdir, "samples", run.phase.name), step, self.writer,
                                  tiles=run.phase.spec.level_tiles, weights=weights)
             if self.config.data.get("name") == "moving_shapes":
-                self._score_clips(levels, captions, run, step, weights)
+                video_score.score_and_report(levels, captions, run.phase, step, weights, self.writer,
+                                             io_paths.join(self.workdir, "samples", run.phase.name))
             if prompt_following.applies(self.config, run.info, run.phase.index, len(self.phases)):
                 prompt_following.score_and_report(
                     run.model, run.phase, params, run.info, cfg, step, weights, self.writer,
@@ -305,25 +306,6 @@ class Trainer:
             logging.exception("Sampling at step %d failed; training continues.", step)
             return
         logging.info("Sampled %d images in %.1fs", len(captions), time.perf_counter() - t0)
-
-    def _score_clips(self, levels: list[np.ndarray], captions: list[str], run: PhaseRun, step: int,
-                     weights: str) -> None:
-        """Procedural clips: how many follow their prompt's colour and motion, printed with the samples."""
-        from mdm_jax.evaluation import video_score
-
-        s = video_score.score_levels(levels, captions, run.phase.spec.level_tiles)
-        if s is None:
-            return
-        line = f"[{run.phase.name}] step {step}, {weights} weights: {s.summary()}"
-        logging.info("%s", line)
-        print(line, flush=True)
-        if self.writer is not None:
-            self.writer.scalars(step, {f"video_following/{k}": v for k, v in vars(s).items()
-                                       if k != "n" and v is not None})
-        if jax.process_index() == 0:
-            io_paths.write_text(io_paths.join(self.workdir, "samples", run.phase.name,
-                                              f"video_score_step_{step:08d}_{weights}.json"),
-                                json.dumps(dict(step=step, weights=weights, **vars(s)), indent=1))
 
     def evaluate(self, run: PhaseRun, state: state_lib.TrainState, step: int) -> None:
         """Periodic eval (``config.eval``); like sampling, a failure is logged, never fatal."""

@@ -7,6 +7,7 @@ the resumed runs end with exactly the reference parameters.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -92,7 +93,9 @@ def test_real_run_two_phases(reference):
     for name in ("inner/step_00000006_ema_8px.png", "nested/step_00000012_ema_16px.png",
                  "nested/step_00000012_ema_8px.png"):
         assert os.path.getsize(os.path.join(workdir, "samples", name)) > 100
-    assert os.path.isfile(os.path.join(workdir, "samples", "nested", "prompt_score_step_00000012_ema.json"))
+    with open(os.path.join(workdir, "samples", "nested", "prompt_score_step_00000012_ema.json")) as f:
+        score = json.load(f)
+    assert score["step"] == 12 and score["weights"] == "ema" and set(score["levels"]) == {"16", "8"}
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
 
 

@@ -4,6 +4,7 @@ video samples (GIF + MP4 per level) at the end of each phase. Slow: two phase co
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -26,3 +27,8 @@ def test_video_demo_tiny_trains_and_writes_clips(tmp_path):
     for res in (16, 8):  # the 2x2-frame mosaic level and its first-frame level
         assert glob.glob(os.path.join(video, f"step_*_{res}px.gif")), os.listdir(video)
         assert glob.glob(os.path.join(video, f"step_*_{res}px.mp4")), os.listdir(video)
+    # The trainer scores the clips it sampled against their prompts (the shared score reporter writes the JSON).
+    scores = glob.glob(os.path.join(video, "video_score_step_*_ema.json"))
+    assert scores, os.listdir(video)
+    score = json.loads(open(scores[-1]).read())
+    assert score["step"] == 8 and score["weights"] == "ema" and 0.0 <= score["colour"] <= 1.0

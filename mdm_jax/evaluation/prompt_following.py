@@ -12,16 +12,15 @@ writes ``prompt_score_step_<n>_<weights>.json`` next to the sample grids. On a c
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
 from mdm_jax import io_paths
 from mdm_jax.evaluation import shapes_score
+from mdm_jax.training import reporting
 
 
 def applies(config: ml_collections.ConfigDict, info: Any, phase_index: int = -1, num_phases: int = 0) -> bool:
@@ -64,25 +63,20 @@ def score_and_report(model: Any, phase: Any, params: Any, info: Any, cfg: ml_col
                      weights: str, writer: Any, out_dir: str, frozen: Any = None) -> dict[int, shapes_score.Score]:
     """Scores, prints, logs to TensorBoard and writes the JSON (process 0 writes)."""
     scores = sample_and_score(model, phase, params, info, cfg, frozen)
-    rows = {}
-    for res, s in scores.items():
-        line = (f"[{phase.name}] step {step}, {weights} weights, guidance {cfg.guidance_weight}, "
-                f"{cfg.num_steps} {cfg.method} steps, {res}px: {s.summary()}")
-        logging.info("%s", line)
-        print(line, flush=True)
-        rows[res] = dict(vars(s))
-        if writer is not None:
-            writer.scalars(step, {f"prompt_following/{res}px/{k}": v for k, v in vars(s).items() if k != "n"})
-    if jax.process_index() == 0:
-        io_paths.write_text(io_paths.join(out_dir, f"prompt_score_step_{step:08d}_{weights}.json"), json.dumps(
-            dict(step=step, weights=weights, guidance_weight=float(cfg.guidance_weight),
-                 num_steps=int(cfg.num_steps), method=str(cfg.method), levels=rows), indent=1))
+    head = (f"[{phase.name}] step {step}, {weights} weights, guidance {cfg.guidance_weight}, "
+            f"{cfg.num_steps} {cfg.method} steps")
+    reporting.report_score(
+        [f"{head}, {res}px: {s.summary()}" for res, s in scores.items()], writer, step,
+        {f"prompt_following/{res}px/{k}": v for res, s in scores.items() for k, v in vars(s).items() if k != "n"},
+        io_paths.join(out_dir, f"prompt_score_step_{step:08d}_{weights}.json"),
+        dict(step=step, weights=weights, guidance_weight=float(cfg.guidance_weight), num_steps=int(cfg.num_steps),
+             method=str(cfg.method), levels={res: dict(vars(s)) for res, s in scores.items()}))
     return scores
 
 
 def main(argv: list[str]) -> None:
     del argv
-    from mdm_jax.training import reporting, sample_mode, sampling
+    from mdm_jax.training import sample_mode, sampling
 
     reporting.quiet_library_logs()
     config = _CONFIG.value

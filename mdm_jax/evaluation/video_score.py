@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jax
 import numpy as np
-from absl import logging
 from PIL import Image
 
 from mdm_jax import io_paths
 from mdm_jax.data import procedural, video
 from mdm_jax.evaluation import shapes_score
+from mdm_jax.training import reporting
 
 _PROMPT = re.compile(r"^an? (\w+) (\w+) moving (left|right|up|down)$")
 _MIN_MOVE = 0.15
@@ -168,14 +166,11 @@ def score_and_report(levels: Sequence[np.ndarray], captions: Sequence[str], phas
     s = score_levels(levels, captions, phase.spec.level_tiles)
     if s is None:
         return None
-    line = f"[{phase.name}] step {step}, {weights} weights: {s.summary()}"
-    logging.info("%s", line)
-    print(line, flush=True)
-    if writer is not None:
-        writer.scalars(step, {f"video_following/{k}": v for k, v in vars(s).items() if k != "n" and v is not None})
-    if jax.process_index() == 0:
-        io_paths.write_text(io_paths.join(out_dir, f"video_score_step_{step:08d}_{weights}.json"),
-                            json.dumps(dict(step=step, weights=weights, **vars(s)), indent=1))
+    reporting.report_score(
+        [f"[{phase.name}] step {step}, {weights} weights: {s.summary()}"], writer, step,
+        {f"video_following/{k}": v for k, v in vars(s).items() if k != "n" and v is not None},
+        io_paths.join(out_dir, f"video_score_step_{step:08d}_{weights}.json"),
+        dict(step=step, weights=weights, **vars(s)))
     return s
 
 

@@ -7,6 +7,7 @@ absl logging (stack.md pitfall 4); ``clu.parameter_overview`` is TF-free and use
 from __future__ import annotations
 
 import io
+import json
 import logging as pylogging
 import math
 import os
@@ -182,6 +183,19 @@ def check_finite(step: int | str, metrics: Mapping[str, Any], resolutions: Seque
     gn = metrics.get("grad_norm")
     raise NonFiniteLossError(f"non-finite loss {loss} at step {step}: {where}"
                              + (f"; grad_norm={float(gn)}" if gn is not None else ""))
+
+
+def report_score(lines: Sequence[str], writer: Any, step: int, scalars: Mapping[str, float], json_path: str,
+                 payload: Mapping[str, Any]) -> None:
+    """A score computed during a run: each line printed and logged, ``scalars`` to TensorBoard (when a writer is
+    given), ``payload`` as JSON at ``json_path`` (process 0 only)."""
+    for line in lines:
+        logging.info("%s", line)
+        print(line, flush=True)
+    if writer is not None and scalars:
+        writer.scalars(step, dict(scalars))
+    if jax.process_index() == 0:
+        io_paths.write_text(json_path, json.dumps(dict(payload), indent=1))
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

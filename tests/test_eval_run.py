@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from mdm_jax.evaluation import classifier, run
 from mdm_jax.training import config_lib, train_and_evaluate
@@ -72,3 +73,21 @@ def test_classifier_heads_and_old_sidecars(tmp_path):
     assert module.head == "gap" and module.apply({"params": loaded}, x)[1].shape == (2, 5)
     with pytest.raises(ValueError, match="classifier head"):
         classifier.SmallCNN(5, 8, 16, head="max").init(jax.random.key(0), x)
+
+
+def test_read_real_keeps_a_split_whose_size_is_not_a_batch_multiple(tmp_path):
+    """A 15-image test split (300 emoji, every 20th held out) read for 12: no final partial batch is dropped."""
+    n = 300
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "emoji_64.npy", rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8))
+    meta = dict(source="test", files=[f"{i}.png" for i in range(n)], captions=[f"emoji {i}" for i in range(n)],
+                category=[i % 3 for i in range(n)], subcategory=[i % 5 for i in range(n)],
+                category_names=["a", "b", "c"], subcategory_names=list("vwxyz"))
+    (tmp_path / "emoji_meta.json").write_text(json.dumps(meta))
+    data = config_lib.data(name="emoji", data_dir=str(tmp_path), conditioning="class", resolution=64, num_workers=0)
+    real = run.read_real(data, "test", 12, seed=0)  # batches of min(12, 100) = 12: 15 = 12 + 3
+    assert real["images"].shape == (12, 64, 64, 3)
+    real = run.read_real(data, "test", 15, seed=0)  # the whole split: 12 + the partial batch of 3
+    assert real["images"].shape == (15, 64, 64, 3)
+    with pytest.raises(ValueError, match="has 15 images, fewer than the 16"):
+        run.read_real(data, "test", 16, seed=0)

@@ -117,6 +117,7 @@ def read_real(data_config: ml_collections.ConfigDict, split: str, num: int, seed
     cfg = ml_collections.ConfigDict(data_config.to_dict())
     cfg.keep_captions, cfg.num_workers, cfg.cond_drop_prob, cfg.num_epochs = True, 0, 0.0, 1
     cfg.process_index, cfg.process_count = 0, 1
+    cfg.drop_remainder = False  # a 190-image split read in batches of 100 is 190 images, not 100
     bs = min(num, 100)
     it, _ = data_lib.create_dataset(cfg, global_batch_size=bs, seed=seed, split=split)
     got: dict[str, list] = {}

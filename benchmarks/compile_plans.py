@@ -43,22 +43,33 @@ PAPER = {("imagenet64", "64"): ("INet 64", 64, 100_000, 1.01),
          ("cc12m_1024", "1024"): ("CC 256->1024", 12, 100_000, 1.88)}
 
 
+# Memory levers tried, in order, on a chip's largest slice when a phase fits none of its slices as configured
+# (name, overrides): the paper's global batch is kept; the table names the lever a row needed.
+LEVERS = [("remat", ("--config.model.remat=True",)),
+          ("remat+fsdp8", ("--config.model.remat=True", "--config.mesh.fsdp=8"))]
+
+
+def _stem(config: str, phase: str, chip: str, topo: str, lever: str = "") -> str:
+    return f"{config}_{phase}_{chip}_{topo}" + (f"_{lever.replace('+', '_')}" if lever else "")
+
+
 def compile_one(config: str, phase: str, chip: str, topo: str, out: Path, timeout: int,
-                cached_only: bool = False) -> dict | None:
-    path = out / f"{config}_{phase}_{chip}_{topo}.json"
+                cached_only: bool = False, lever: str = "") -> dict | None:
+    stem = _stem(config, phase, chip, topo, lever)
+    path = out / f"{stem}.json"
     if not path.exists() and cached_only:
         return None
     if not path.exists():
         cmd = [sys.executable, "-m", "mdm_jax.main", "--mode=compile", f"--config=configs/{config}.py",
                f"--config.compile.phases={phase}", f"--config.compile.topology={chip}:{topo}",
-               "--config.compile.sampler=False", f"--config.compile.output={path}"]
+               "--config.compile.sampler=False", f"--config.compile.output={path}", *dict(LEVERS).get(lever, ())]
         t = time.time()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        log = out / f"{config}_{phase}_{chip}_{topo}.log"
+        log = out / f"{stem}.log"
         log.write_text(proc.stdout + "\n" + proc.stderr)
-        print(f"  {config}/{phase} on {chip}:{topo}: exit {proc.returncode} after {time.time() - t:.0f} s ({log})",
-              flush=True)
+        print(f"  {config}/{phase} on {chip}:{topo}{' with ' + lever if lever else ''}: exit {proc.returncode} "
+              f"after {time.time() - t:.0f} s ({log})", flush=True)
         if not path.exists():
             return None
     (plan,) = json.loads(path.read_text())
@@ -110,7 +121,15 @@ def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int, ca
         last = basis = plan
         if plan["fits"]:
             return plan, name + (f"; predicted not to fit: {', '.join(skipped)}" if skipped else "")
-    return last, "none up to " + slices[-1][1]
+    topo, name = slices[-1]
+    for lever, _ in LEVERS:  # fits no slice as configured: the levers, on the largest slice
+        plan = compile_one(config, phase, chip, topo, out, timeout, cached_only, lever)
+        if plan is not None and plan["fits"]:
+            return plan, f"{name}; with {lever} (--{' --'.join(a[2:] for a in dict(LEVERS)[lever])}): as configured " \
+                         f"it fits no {chip} slice up to {name}"
+        if plan is None and cached_only:
+            break
+    return last, "none up to " + slices[-1][1] + (f", even with {LEVERS[-1][0]}" if plan is not None else "")
 
 
 def gib(n: float) -> str:

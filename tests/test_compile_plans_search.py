@@ -48,3 +48,19 @@ def test_search_skips_slices_predicted_not_to_fit(tmp_path):
 def test_search_without_a_cached_compile_says_where_it_stopped(tmp_path):
     plan, note = compile_plans.smallest_fit("cfg", "64", "v5p", tmp_path, timeout=1, cached_only=True)
     assert plan is None and note == "not compiled yet from v5p-8 up"
+
+
+def test_a_phase_that_fits_no_slice_gets_the_memory_levers_on_the_largest(tmp_path):
+    # v6e-256 as configured: 10 + 40 GiB > 29.8; the remat compile of the same slice (10 + 12) fits, and the note
+    # names the lever and its flags; without a remat compile the note says where the search stopped.
+    _write(tmp_path, "v6e", "16x16", _plan(256, 10.0, 40.0, fsdp=1, hbm=32e9))
+    plan, note = compile_plans.smallest_fit("cfg", "64", "v6e", tmp_path, timeout=1, cached_only=True)
+    assert not plan["fits"] and note == "none up to v6e-256"
+    (tmp_path / "cfg_64_v6e_16x16_remat.json").write_text(json.dumps([_plan(256, 10.0, 12.0, fsdp=1, hbm=32e9)]))
+    plan, note = compile_plans.smallest_fit("cfg", "64", "v6e", tmp_path, timeout=1, cached_only=True)
+    assert plan["fits"] and plan["total"] == 22.0 * GIB
+    assert note == ("v6e-256; with remat (--config.model.remat=True): as configured it fits no v6e slice up to "
+                    "v6e-256")
+    row = compile_plans.table([("cfg", "64", "v6e", dict(plan, resolutions="64", batch=256, steps=1000, temporaries=0,
+                                                         num_parameters=1e6, topology="v6e:16x16"), note)])
+    assert "| v6e-256 (256x1); with remat (--config.model.remat=True)" in row

@@ -5,6 +5,10 @@ on single frames; phase "video" nests it (``unet/inner_unet``) inside a temporal
 temporal attention with RoPE, Conv1d frame resampling) and trains both jointly on 2x2-frame mosaics (32x32);
 the image level learns the clip's first frame. No download: clips are generated (``moving_shapes``).
 
+As in the image demo, captions are word tokens and the loss targets v (byte tokens and an epsilon target left the
+clips' colour at chance); guidance 4. Measured (README, "Video"): 900 + 700 steps, 23 min on one core, colour
+100% of 16 clips, smooth motion, direction still at chance.
+
   python -m mdm_jax.main --config=configs/video_demo.py --workdir=/tmp/mdm_video_demo
   python -m mdm_jax.main --mode=sample --config=configs/video_demo.py --workdir=/tmp/mdm_video_demo \
       --config.sample.prompts='("a red square moving left", "a blue circle moving down")'
@@ -38,7 +42,8 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     # No flips: a flipped "moving left" clip would move right.
     c.data = config_lib.data(
         name="moving_shapes", conditioning="text", cond_drop_prob=0.1, num_workers=0, flip=False,
-        text=dict(tokenizer="byte", max_length=40))
+        text=dict(tokenizer="word", max_length=16))
+    c.diffusion.loss_target_type = "v"  # the prompt sets colour and path at high noise, where epsilon weights ~0
     ch = 16 if tiny else 32
     size = 8 if tiny else 16
     inner = config_lib.tiny_unet(size, [ch, 2 * ch] if tiny else [ch, 2 * ch, 2 * ch],
@@ -46,7 +51,7 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
                                  num_heads=4)
     inner.masked_cross_attention = 1
     outer = video_level(inner, frames, 32)
-    steps, bs = ((4, 4), 4) if tiny else ((300, 400), 16)
+    steps, bs = ((4, 4), 4) if tiny else ((900, 700), 16)
     c.phases = [
         config_lib.phase("image", model=inner, batch_size=bs, steps=steps[0], data=dict(frames=1)),
         config_lib.phase("video", model=outer, batch_size=bs, steps=steps[1], data=dict(frames=frames),
@@ -55,11 +60,12 @@ def get_config(arg: str = "") -> config_lib.ConfigDict:
     c.optimizer = config_lib.optimizer(learning_rate=2e-3 if tiny else 1e-3, warmup_steps=2 if tiny else 100,
                                        ema_decay=0.9 if tiny else 0.995, ema_warmup=True)
     c.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1))
+    c.cpu_devices = 0 if tiny else 2  # on a CPU host: one data-parallel shard per core
     c.sharding.min_size = 2**10 if tiny else 2**16
     c.checkpoint = config_lib.ConfigDict(dict(every_steps=4 if tiny else 100, keep=2, async_save=True))
     c.log_every_steps = 2 if tiny else 25
     c.sample = config_lib.sample(
-        every_steps=0, num_images=2 if tiny else 8, num_steps=3 if tiny else 25, guidance_weight=2.0,
+        every_steps=0, num_images=2 if tiny else 16, num_steps=3 if tiny else 25, guidance_weight=4.0,
         threshold="clip",
         prompts=() if tiny else (
             "a red square moving left", "a blue circle moving down", "a green triangle moving right",

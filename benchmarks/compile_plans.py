@@ -45,8 +45,8 @@ PAPER = {("imagenet64", "64"): ("INet 64", 64, 100_000, 1.01),
 
 # Memory levers tried, in order, on a chip's largest slice when a phase fits none of its slices as configured
 # (name, overrides): the paper's global batch is kept; the table names the lever a row needed.
-LEVERS = [("remat", ("--config.model.remat=True",)),
-          ("remat+fsdp8", ("--config.model.remat=True", "--config.mesh.fsdp=8"))]
+LEVERS = {"remat": ("--config.model.remat=True",),
+          "remat+fsdp8": ("--config.model.remat=True", "--config.mesh.fsdp=8")}
 
 
 def _stem(config: str, phase: str, chip: str, topo: str, lever: str = "") -> str:
@@ -62,7 +62,7 @@ def compile_one(config: str, phase: str, chip: str, topo: str, out: Path, timeou
     if not path.exists():
         cmd = [sys.executable, "-m", "mdm_jax.main", "--mode=compile", f"--config=configs/{config}.py",
                f"--config.compile.phases={phase}", f"--config.compile.topology={chip}:{topo}",
-               "--config.compile.sampler=False", f"--config.compile.output={path}", *dict(LEVERS).get(lever, ())]
+               "--config.compile.sampler=False", f"--config.compile.output={path}", *LEVERS.get(lever, ())]
         t = time.time()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -122,14 +122,15 @@ def smallest_fit(config: str, phase: str, chip: str, out: Path, timeout: int, ca
         if plan["fits"]:
             return plan, name + (f"; predicted not to fit: {', '.join(skipped)}" if skipped else "")
     topo, name = slices[-1]
-    for lever, _ in LEVERS:  # fits no slice as configured: the levers, on the largest slice
+    tried = None
+    for lever, flags in LEVERS.items():  # fits no slice as configured: the levers, on the largest slice
         plan = compile_one(config, phase, chip, topo, out, timeout, cached_only, lever)
         if plan is not None and plan["fits"]:
-            return plan, f"{name}; with {lever} (--{' --'.join(a[2:] for a in dict(LEVERS)[lever])}): as configured " \
-                         f"it fits no {chip} slice up to {name}"
+            return plan, f"{name}; with {lever} ({' '.join(flags)}): as configured it fits no {chip} slice up to {name}"
         if plan is None and cached_only:
             break
-    return last, "none up to " + slices[-1][1] + (f", even with {LEVERS[-1][0]}" if plan is not None else "")
+        tried = lever if plan is not None else tried
+    return last, f"none up to {name}" + (f", even with {tried}" if tried else "")
 
 
 def gib(n: float) -> str:

@@ -17,7 +17,7 @@ def test_real_renders_score_full():
     clips, prompts = _clips()
     s = video_score.score(clips, prompts, [c[0] for c in clips])
     assert (s.colour, s.direction, s.monotone, s.nest_colour_agree) == (1.0, 1.0, 1.0, 1.0)
-    assert s.mean_displacement == pytest.approx(0.6, abs=0.05)
+    assert s.mean_displacement == pytest.approx(video.TRAVEL, abs=0.05)
 
 
 def test_wrong_direction_colour_and_frozen_clips_fail():

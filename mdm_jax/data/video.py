@@ -27,6 +27,7 @@ from mdm_jax.data import image_ops, procedural
 from mdm_jax.data.file_sources import MissingDataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".gif", ".mpg", ".mpeg", ".ogv")
+TRAVEL = 0.35  # of the frame, first to last frame (the path stays inside: centre +-0.1 +-0.35)
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 CORRUPT_KEY = "_corrupt"
@@ -98,13 +99,15 @@ class MovingShapesSource:
         wave = rng.uniform(2, 5)
         r = rng.uniform(0.14, 0.2)
         dx, dy = DIRECTIONS[direction]
-        start = np.array([0.5 - 0.3 * dx, 0.5 - 0.3 * dy]) + rng.uniform(-0.1, 0.1, size=2) * (1 - np.abs([dx, dy]))
+        # The start is drawn the same way for every direction (near the centre), so frame 0 says nothing about the
+        # motion: a model has to read the direction word, not continue away from the side the shape starts on.
+        start = 0.5 + rng.uniform(-0.1, 0.1, size=2)
         out = np.empty((f, size, size, 3), np.uint8)
         rgb = np.asarray(procedural.COLOURS[colour], np.float32)
         for k in range(f):
             p = k / max(f - 1, 1)
             bg = base + 20 * np.sin(2 * np.pi * (wave * xs + 0.5 * p))[..., None]
-            cx, cy = start[0] + 0.6 * dx * p, start[1] + 0.6 * dy * p
+            cx, cy = start[0] + TRAVEL * dx * p, start[1] + TRAVEL * dy * p
             m = procedural._shape_mask(shape, xs, ys, cx, cy, r)[..., None]
             out[k] = np.clip(np.where(m, rgb, bg), 0, 255).astype(np.uint8)
         return out

@@ -4,8 +4,9 @@ Reuses the shapes detector's per-pixel colour model (``shapes_score._foreground`
 
 * colour: the majority foreground colour over the whole clip, right when it is the prompt's with purity >= 60%;
 * motion: the alpha-weighted centroid per frame; the clip's direction is the sign of the larger of the x / y
-  displacements from the first to the last frame (renders move 0.6 of the frame), right when it is the prompt's
-  and the displacement is at least 0.15 of the frame; ``monotone`` when every frame step moves the same way;
+  displacements from the first to the last frame (renders move ``video.TRAVEL`` = 0.35 of the frame), right when
+  it is the prompt's and the displacement is at least 0.15 of the frame; ``monotone`` when every frame step moves
+  the same way;
 * nesting: a sample's first-frame level (the image level) against frame 0 of its clip: same colour, and the
   distance between centroids (fraction of the frame).
 

@@ -67,6 +67,23 @@ def frozen_mask(labels: Any) -> Any:
     return jax.tree.map(lambda label: label == FROZEN, labels)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """torch's ``clip_grad_norm_`` (ml-mdm's clipping): every gradient times ``min(1, max_norm / (norm + 1e-6))``.
+
+    One scalar multiply, where ``optax.clip_by_global_norm`` divides every element by the norm: XLA does not
+    duplicate a divide into the several consumers of a gradient (Adam's two moments), so it keeps a clipped copy
+    of all gradients, one more parameter-sized buffer at the step's peak (1.7 GiB for MDM-S64). A multiply fuses
+    into each consumer instead."""
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        norm = optax.tree.norm(updates)
+        scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg: Mapping[str, Any], labels: Any,
                    total_steps: int = 0) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """clip_by_global_norm -> Adam(W) -> lr schedule (x multiplier per label); returns (tx, base schedule).
@@ -85,7 +102,7 @@ def make_optimizer(cfg: Mapping[str, Any], labels: Any,
         return optax.chain(*parts)
 
     clip = float(cfg.get("grad_clip_norm", 0.0))
-    head = [optax.clip_by_global_norm(clip)] if clip > 0 else []
+    head = [clip_by_global_norm(clip)] if clip > 0 else []
     names = sorted(set(jax.tree.leaves(labels)))
     if names == [DEFAULT]:
         return optax.chain(*head, adam(1.0)), schedule

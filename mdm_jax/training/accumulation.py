@@ -46,25 +46,6 @@ def check_divisible(batch_size: int, k: int, per_device: int | None = None, wher
                          "(each device splits its own rows into micro-batches)")
 
 
-@jax.custom_vjp
-def _add_into_cotangent(p: Array, acc: Array) -> Array:
-    """Identity on ``p`` whose backward returns ``acc + cotangent``: each parameter's gradient is added to the
-    running sum where the backward pass finishes it, so a micro-batch's gradients never all live beside the sum
-    (adding the finished gradient trees afterwards holds both: one more copy of every parameter)."""
-    return p
-
-
-def _add_into_fwd(p: Array, acc: Array) -> tuple[Array, Array]:
-    return p, acc
-
-
-def _add_into_bwd(acc: Array, ct: Array) -> tuple[Array, None]:
-    return acc + ct.astype(acc.dtype), None
-
-
-_add_into_cotangent.defvjp(_add_into_fwd, _add_into_bwd)
-
-
 def value_and_grad(
     params: Any,
     batch: Mapping[str, Array],
@@ -95,16 +76,11 @@ def value_and_grad(
     xs = micro_batches((dict(batch), time, list(noises)), k)
     keys = jax.random.split(dropout_rng, k)
 
-    def share_into(p: Any, g_sum: Any, mb: Mapping[str, Array], t: Array, n: Sequence[Array], key: Array,
-                   norm: Array | None):
-        return share(jax.tree.map(_add_into_cotangent, p, g_sum), mb, t, n, key, norm)
-
-    grad_into = jax.value_and_grad(share_into, has_aux=True)
-
     def body(carry: tuple[Any, dict[str, Array]], x: Any) -> tuple[tuple[Any, dict[str, Array]], None]:
         g_sum, m_sum = carry
         (mb, t, n), key = x
-        (_, metrics), g_sum = grad_into(params, g_sum, mb, t, n, key, norm)  # g_sum + this micro-batch's grads
+        (_, metrics), grads = grad_fn(params, mb, t, n, key, norm)
+        g_sum = jax.tree.map(jnp.add, g_sum, grads)
         m_sum = jax.tree.map(jnp.add, m_sum, metrics)
         return (g_sum, m_sum), None
 

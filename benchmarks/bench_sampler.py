@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--threshold", default="dynamic_if")
     ap.add_argument("--power", type=float, default=1.0, help="schedule_shifted_power for architecture models")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed runs before the timed ones (0 for long runs: compilation is already separate)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="computation dtype")
     args = ap.parse_args()
 
@@ -121,7 +123,7 @@ def main() -> None:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"model={args.model} params={n:,} levels={spec.scales} top={shape} cfg={use_cfg} method={args.method} "
           f"eta={args.eta} threshold={args.threshold}")
-    print(f"{'steps':>6} {'lower_s':>8} {'compile_s':>10} {'run_s':>8} {'ms/step':>8}")
+    print(f"{'steps':>6} {'lower_s':>8} {'compile_s':>10} {'run_s':>8} {'ms/step':>8} {'images/min':>10}")
     for steps in [int(s) for s in args.steps.split(",")]:
         t0 = time.perf_counter()
         lowered, call_args = lower_sample(
@@ -131,14 +133,16 @@ def main() -> None:
         t1 = time.perf_counter()
         compiled = lowered.compile()
         t2 = time.perf_counter()
-        jax.block_until_ready(compiled(*call_args))  # warm-up
+        for _ in range(args.warmup):
+            jax.block_until_ready(compiled(*call_args))
         runs = []
         for _ in range(args.repeats):
             t3 = time.perf_counter()
             jax.block_until_ready(compiled(*call_args))
             runs.append(time.perf_counter() - t3)
         run = min(runs)
-        print(f"{steps:>6} {t1 - t0:>8.2f} {t2 - t1:>10.2f} {run:>8.3f} {1000 * run / steps:>8.2f}", flush=True)
+        print(f"{steps:>6} {t1 - t0:>8.2f} {t2 - t1:>10.2f} {run:>8.3f} {1000 * run / steps:>8.2f} "
+              f"{60 * shape[0] / run:>10.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def test_moving_shapes_first_frame_does_not_give_the_direction_away():
         frame0 = unmosaic(item["image"], 4)[0].astype(np.float32)
         rgb = np.asarray(procedural.COLOURS[item["caption"].split()[1]], np.float32)
         ys, xs = np.nonzero(np.all(np.abs(frame0 - rgb) < 1, axis=-1))
-        starts.setdefault(item["caption"].split()[-1], []).append(((xs.mean() + 0.5) / 16, (ys.mean() + 0.5) / 16))
+        size = frame0.shape[0]
+        starts.setdefault(item["caption"].split()[-1], []).append(((xs.mean() + 0.5) / size, (ys.mean() + 0.5) / size))
     means = {d: np.mean(pts, axis=0) for d, pts in starts.items()}
     spread = np.ptp(np.stack(list(means.values())), axis=0)
     assert len(means) == 4 and np.all(spread < 0.03), means  # the old renders started 0.3 off centre, opposite

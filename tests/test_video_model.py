@@ -161,3 +161,45 @@ def test_mlmdm_temporal_args_decode_to_our_config():
     assert spec.num_temporal_attention_layers == (1, 1, 1, 1, 0) and spec.temporal_positional_encoding
     diff = DiffusionSpec.from_config(decoded.diffusion)
     assert diff.scales == (4, 1) and diff.temporal == (True, False) and diff.frame_tiles == (4, 1)
+
+
+def test_frame_embedding_only_on_a_temporal_level():
+    cfg = video_cfg()
+    cfg["inner_config"]["frame_embedding"] = True
+    with pytest.raises(ConfigError, match=r"inner_config\.frame_embedding"):
+        spec_from_config(cfg)
+
+
+def test_frame_rows_pools_frames_as_the_level_does():
+    from mdm_jax.models.layers import frame_rows
+    temb = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 3)
+    np.testing.assert_array_equal(frame_rows(temb, 8), temb.reshape(8, 3))  # full frame rate: row b*F + f
+    np.testing.assert_array_equal(frame_rows(temb, 4)[1], (temb[0, 2] + temb[0, 3]) / 2)  # clip 0, frames 2-3
+    np.testing.assert_array_equal(frame_rows(temb, 2)[1], temb[1].mean(0))  # one frame left per clip
+    with pytest.raises(ValueError, match="cannot cover"):
+        frame_rows(temb, 6)
+
+
+@pytest.mark.slow
+def test_frame_embedding_is_added_to_the_time_embedding():
+    """``frame_embedding`` (not in ml-mdm) adds one learned (frames, temporal_dim) table and nothing else; zero
+    rows give the plain model's outputs, and a row steers the clip."""
+    plain, framed = spec_from_config(video_cfg()), spec_from_config(video_cfg(frame_embedding=True))
+    assert framed.frame_embedding and not plain.frame_embedding
+    rng = np.random.default_rng(0)
+    xs = [jnp.asarray(rng.normal(size=(2, r, r, 3)), jnp.float32) for r in plain.resolutions]
+    text = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+    mask, t = jnp.ones((2, 5), jnp.float32), jnp.asarray([10, 500])
+    params = jax.jit(build_model(framed).init)(jax.random.PRNGKey(1), xs, t, text, mask)["params"]
+    assert params["frame_emb"].shape == (4, 64)
+    params = jax.tree_util.tree_map_with_path(  # non-zero output projections, so every path reaches the output
+        lambda p, v: v + 0.05 if any(getattr(k, "key", "") in ("proj_out", "conv2", "conv_out", "out_adapter")
+                                     for k in p) else v, params)
+    base = {k: v for k, v in params.items() if k != "frame_emb"}
+    out_plain = _apply(build_model(plain), base, xs, t, text, mask)
+    zero = dict(params, frame_emb=jnp.zeros_like(params["frame_emb"]))
+    out_zero = _apply(build_model(framed), zero, xs, t, text, mask)
+    for a, b in zip(out_zero, out_plain, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    out = _apply(build_model(framed), params, xs, t, text, mask)
+    assert float(jnp.abs(out[0] - out_plain[0]).max()) > 1e-3

@@ -98,6 +98,16 @@ def multi_head_attention(q: Array, k: Array, v: Array, num_heads: int, mask: Arr
     return cpu_matmul.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, lq, c)
 
 
+def frame_rows(temb: Array, rows: int) -> Array:
+    """Per-frame embeddings (clips, F, D) -> one per image row (clips * frames, D) at a level resolution holding
+    ``frames`` = rows / clips frames per clip; each row averages the F / frames input frames it was pooled from."""
+    clips, f, d = temb.shape
+    frames = rows // clips
+    if frames * clips != rows or f % frames:
+        raise ValueError(f"frame embeddings for {f} frames cannot cover {rows} rows of {clips} clips")
+    return temb.reshape(clips, frames, f // frames, d).mean(axis=2).reshape(clips * frames, d)
+
+
 class ResNet(nn.Module):
     """GN -> SiLU -> conv -> GN·(1+scale)+shift -> SiLU -> dropout -> conv (zero-init), plus a (1x1) skip."""
 
@@ -112,6 +122,8 @@ class ResNet(nn.Module):
         c_in = x.shape[-1]
         h = nn.silu(group_norm(self.groups, self.dtype, "norm1")(x))
         h = conv3x3(self.out_channels, self.dtype, "conv1")(h)
+        if temb.ndim == 3:
+            temb = frame_rows(temb, h.shape[0])
         film = Dense(2 * self.out_channels, dtype=self.dtype, name="time_layer")(nn.silu(temb))
         if h.shape[0] > film.shape[0]:  # more image rows than embeddings (video frames): repeat per row
             film = jnp.repeat(film, h.shape[0] // film.shape[0], axis=0)
@@ -176,7 +188,7 @@ class ResNetBlock(nn.Module):
     dropout: float = 0.0
     remat: bool = False
     dtype: Dtype = jnp.float32
-    # Video: frames in the batch axis (rows = clips * frames, clips = rows of temb).
+    # Video: frames in the batch axis (rows = clips * frames, clips = rows of temb; temb may be per frame).
     num_temporal_attention: int = 0
     rope: bool = False
     temporal_resample: bool = False  # resample over frames (Conv1d) instead of over pixels

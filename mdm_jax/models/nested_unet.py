@@ -1,6 +1,6 @@
 """NestedUNet: a UNet level whose bottleneck is an inner (Nested)UNet, to any depth (paper §3.2).
 
-    temb = level embeddings (own MLPs, shared cond_emb)
+    temb = level embeddings (own MLPs, shared cond_emb) [+ frame_emb[f] per frame, an option ml-mdm lacks]
     x = conv_in(z_hi [/ std(z_hi)]) [+ features from the parent level]
     x, skips = down(x, temb)                                   # no mid blocks at a nested level
     lows, h = inner.denoise(z_lo..., in_adapter(x))            # inner input = conv_in(z_lo) + in_adapter(x)
@@ -44,6 +44,10 @@ class NestedUNet(UNet):
         if not s.skip_inner_unet_input:
             self.in_adapter = conv3x3(inner_ch, self.dtype, None, kernel_init=zeros)
         self.out_adapter = conv3x3(outer_ch, self.dtype, None, kernel_init=zeros)
+        if s.temporal_mode and s.frame_embedding:
+            # Unit-variance rows, on the scale of the time embedding they are added to (as the label embedding).
+            self.frame_emb = self.param("frame_emb", jax.nn.initializers.normal(1.0),
+                                        (s.tiles[0] ** 2, s.temporal_dim))
 
     def conditioning(self, lm_outputs: Array | None, lm_mask: Array | None, labels: Array | None,
                      batch: int) -> Conditioning:
@@ -68,6 +72,8 @@ class NestedUNet(UNet):
     def denoise(self, xs: Sequence[Array], x_feat: Array | None, t: Array, cond: Conditioning,
                 micros: dict[str, Array] | None, deterministic: bool) -> tuple[list[Array], Array]:
         temb = self.time_embedding(t, cond.cond_emb, micros)
+        if self.spec.temporal_mode and self.spec.frame_embedding:
+            temb = temb[:, None, :] + self.frame_emb.astype(temb.dtype)[None]  # (B, frames, D)
         bh, bl = xs[0].shape[0], xs[1].shape[0]
         rows = Conditioning(*(None if a is None else a[:bh] for a in cond))
         x = self.input_layer(xs[0])

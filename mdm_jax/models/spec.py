@@ -86,6 +86,10 @@ class UNetSpec:
     temporal_spatial_ds: bool = False
     temporal_positional_encoding: bool = False  # RoPE over frames in the temporal attention blocks
     num_temporal_attention_layers: tuple[int, ...] = ()
+    # Not in ml-mdm: a learned embedding of the frame index added to the level's time embedding, so that every
+    # ResNet's scale/shift can depend on (prompt, frame) together; without it a frame knows its place in the clip
+    # only through the zero padding of the frame convolutions (RoPE attention is relative).
+    frame_embedding: bool = False
 
     # ---- derived facts -------------------------------------------------------------------------------
     @property
@@ -241,6 +245,9 @@ def spec_from_config(cfg: Mapping[str, Any], *, resolution: int | None = None,
     spatial_ds = bool(get("temporal_spatial_ds", False))
     is_temporal = temporal_mode and not spatial_ds
     t_layers = _ints(get("num_temporal_attention_layers", ()), "num_temporal_attention_layers", path)
+    frame_embedding = bool(get("frame_embedding", False))
+    if frame_embedding and not temporal_mode:
+        raise ConfigError(f"{path}frame_embedding: set on a level without temporal_mode (no frames to embed)")
     if temporal_mode and not get("inner_config", None):
         raise ConfigError(f"{path}temporal_mode: only a nested level (one with an inner_config) can be temporal or "
                           f"per-frame; the innermost level is the single-frame image UNet")
@@ -326,6 +333,7 @@ def spec_from_config(cfg: Mapping[str, Any], *, resolution: int | None = None,
         temporal_spatial_ds=spatial_ds,
         temporal_positional_encoding=bool(get("temporal_positional_encoding", False)) and is_temporal,
         num_temporal_attention_layers=t_layers,
+        frame_embedding=frame_embedding,
     )
     if temporal_mode:
         _check_frames(spec, path)

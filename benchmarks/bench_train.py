@@ -52,6 +52,28 @@ SWEEP = {
 }
 
 
+def _rss_gb(field: str = "VmRSS") -> float:
+    """Resident memory (``VmRSS``) or its peak (``VmHWM``) from /proc, in GiB (NaN off Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 2**20, 2)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS count (``VmHWM``) from the current RSS (Linux: ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _model_and_diffusion(name: str, parity_path: str):
     """(model config, diffusion overrides, text length, text width) for a named model."""
     import ml_collections
@@ -117,7 +139,7 @@ def build_step(args: argparse.Namespace) -> dict:
 
     if args.cache:
         jax.config.update("jax_compilation_cache_dir", args.cache)
-    from mdm_jax.training import config_lib, model_fn, optimizer, phases, train_step
+    from mdm_jax.training import config_lib, host_memory, model_fn, optimizer, phases, train_step
     from mdm_jax.training import state as state_lib
 
     if ".py" in args.model:  # a config file: its last phase (or --phase), its diffusion settings
@@ -147,11 +169,13 @@ def build_step(args: argparse.Namespace) -> dict:
     tx, sched = optimizer.make_optimizer(cfg.optimizer, labels)
     abstract = state_lib.abstract_state(abstract_params, tx)
     step = jax.jit(train_step.make_step_fn(model, phase, tx, sched, labels, ema_decay=0.9999, seed=0),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,),
+                   compiler_options=train_step.step_compiler_options(getattr(args, "memory_scheduler", False)))
     batch = jax.device_put(batch)
     t0 = time.perf_counter()
     compiled = step.lower(abstract, batch, {}).compile()
     compile_s = time.perf_counter() - t0
+    host_memory.release_freed_heap()  # as the trainer does after compiling
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
@@ -170,14 +194,20 @@ def run_one(args: argparse.Namespace) -> dict:
     built = build_step(args)
     compiled, batch, flops = built["compiled"], built["batch"], built["flops"]
     rss_after_compile = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_now_after_compile = _rss_gb()
     if args.compile_only:
         return {"model": args.model, "batch": args.batch, "remat": args.remat,
                 "compile_s": round(built["compile_s"], 1), "gflop_per_step": round(flops / 1e9, 2),
                 "xla_memory_gb": built["xla_memory_gb"]}
     state = built["init_state"](jax.random.key(0))
+    jax.block_until_ready(state)
+    peak_rss_init = _rss_gb("VmHWM")
     for _ in range(args.warmup):
-        state, metrics = compiled(state, batch, {})
-    jax.block_until_ready(metrics)
+        state, _ = compiled(state, batch, {})
+    jax.block_until_ready(state)
+    rss_before_steps = _rss_gb()
+    peak_before_steps = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    reset = _reset_peak_rss()  # also restarts ru_maxrss: the whole run's peak is the larger of the two
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -189,12 +219,15 @@ def run_one(args: argparse.Namespace) -> dict:
     return {
         "model": args.model, "batch": args.batch, "dtype": args.dtype, "remat": args.remat,
         "mu_dtype": args.mu_dtype or "float32", "grad_accum": built["grad_accum"],
+        "memory_scheduler": bool(args.memory_scheduler),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "params": int(n_params),
         "compile_s": round(built["compile_s"], 1),
         "step_s_median": round(step_s, 4), "step_s_min": round(min(times), 4), "steps_timed": len(times),
         "gflop_per_step": round(flops / 1e9, 2), "gflops_per_s": round(flops / step_s / 1e9, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "peak_rss_gb_after_compile": round(rss_after_compile, 2), "xla_memory_gb": built["xla_memory_gb"],
+        "peak_rss_gb": round(max(peak_before_steps, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20), 2),
+        "peak_rss_gb_after_compile": round(rss_after_compile, 2), "rss_gb_after_compile": rss_now_after_compile,
+        "peak_rss_gb_after_init": peak_rss_init, "rss_gb_before_timed_steps": rss_before_steps,
+        "peak_rss_gb_timed_steps": _rss_gb("VmHWM") if reset else None, "xla_memory_gb": built["xla_memory_gb"],
         "loss": float(metrics["loss"]),
     }
 
@@ -212,6 +245,8 @@ def main() -> None:
     p.add_argument("--remat", action="store_true", help="rematerialise ResNet/attention layers in the backward")
     p.add_argument("--grad_accum", type=int, default=0,
                    help="micro-batches per step (gradient accumulation; 0 = the config's, else 1)")
+    p.add_argument("--memory_scheduler", action="store_true",
+                   help="XLA:CPU's memory-optimised scheduler for the step (config cpu_memory_scheduler)")
     p.add_argument("--mu_dtype", default="", help="Adam first-moment dtype ('' = float32, 'bfloat16' saves memory)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)

@@ -145,3 +145,51 @@ def test_precast_kernels_change_no_bit_of_a_bf16_model_and_keep_float32_untouche
     f = jax.jit(lambda p: model.apply({"params": p}, xs, t, text, mask)[0])
     np.testing.assert_array_equal(np.asarray(f(params)), np.asarray(f(cast)))
     assert cast_kernels(params, jnp.float32) is params
+
+
+@pytest.mark.parametrize("case", [
+    ("3x3", (2, 16, 16, 8), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ("3x3 stride 2", (2, 16, 16, 8), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ("odd stride 2", (2, 15, 15, 8), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ("asym", (1, 7, 6, 4), (3, 3), (1, 1), ((0, 2), (2, 0))),
+    ("1x1", (2, 4, 4, 8), (1, 1), (1, 1), ((0, 0), (0, 0))),
+    ("1d stride 2", (3, 8, 8), (3,), (2,), ((1, 1),)),
+], ids=lambda c: c[0])
+def test_float32_conv_gradients_are_autodiffs_bit_for_bit(case):
+    """float32 convolutions keep the native forward; their hand-written gradients equal JAX's autodiff exactly."""
+    _, xs, k, strides, pads = case
+    dn = ("NHWC", "HWIO", "NHWC") if len(xs) == 4 else ("NWC", "WIO", "NWC")
+    x, w = _rand(xs, 0), _rand((*k, xs[-1], 6), 1)
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, pads, dimension_numbers=dn)))
+
+    ref = jax.jit(jax.grad(loss(lax.conv_general_dilated), (0, 1)))(x, w)
+    out = jax.jit(jax.grad(loss(cpu_matmul.conv_general_dilated), (0, 1)))(x, w)
+    for a, b in zip(out, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_conv_gradients_inside_a_scan_stay_in_the_fast_form():
+    """Inside a ``lax.scan`` (gradient accumulation) XLA:CPU leaves autodiff's convolution gradients in their raw
+    form (kernel gradient ``f01b_i01o->01bf``, input gradient with a flipped ``01oi`` kernel) and runs them as
+    naive loops, 10-30x slower; ours reach the compiled loop body as plain NHWC x HWIO convolutions."""
+    x, w = _rand((4, 2, 16, 16, 8), 0), _rand((3, 3, 8, 8), 1)
+
+    def accumulated(conv):
+        def body(acc, xi):
+            def loss(w):
+                y = conv(xi, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                return jnp.sum(jnp.sin(conv(y, w, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+            return acc + jax.grad(loss)(w), None
+        return jax.jit(lambda w, x: lax.scan(body, jnp.zeros_like(w), x)[0])
+
+    def conv_forms(fn):
+        hlo = fn.lower(w, x).compile().as_text()
+        return {line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines() if "convolution(" in line}
+
+    assert conv_forms(accumulated(cpu_matmul.conv_general_dilated)) == {"b01f_01io->b01f"}
+    assert conv_forms(accumulated(lax.conv_general_dilated)) - {"b01f_01io->b01f"}  # what this guards against
+    # Same sums in another order (Eigen vs the naive loops): equal to float32 rounding of the largest entry.
+    assert _rel(accumulated(cpu_matmul.conv_general_dilated)(w, x), accumulated(lax.conv_general_dilated)(w, x)) < 1e-5

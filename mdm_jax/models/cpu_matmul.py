@@ -9,7 +9,9 @@ item 11). So on CPU, in bf16 compute, this module
   the UNet become 9 [N·H·W, Cin] x [Cin, Cout] matmuls summed in f32),
 
 with hand-written backward passes that feed bf16 cotangents to the same f32-accumulating dots (autodiff would
-produce f32 x bf16 dots, which fall back to f32). Accelerators and float32 keep the native ops:
+produce f32 x bf16 dots, which fall back to f32). In float32 the convolution itself stays native; only its kernel
+gradient is written out in the form XLA:CPU runs fast, which it does not find by itself inside a ``lax.scan``
+(gradient accumulation; see ``_kernel_grad``). Accelerators and float32 keep the native ops:
 ``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics and the fp32 parity path are
 untouched. The CPU path is at least as accurate as the native bf16 op (f32 accumulation, one rounding at the end).
 Set ``ENABLED = False`` (or ``MDM_CPU_NATIVE_BF16=1``) for the native ops everywhere (A/B benchmarks).
@@ -188,6 +190,84 @@ def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
             and tuple(dn.out_spec) == (0, ndim - 1, *range(1, ndim - 1)))
 
 
+# ------------------------------------------------------------------------- float32 kernel gradients in loop bodies
+
+
+def _kernel_grad_padding(in_sp: Sequence[int], ksize: Sequence[int], strides: Sequence[int],
+                         out_sp: Sequence[int], pads: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Padding of the kernel-gradient convolution (JAX's transpose rule for the kernel, no dilations)."""
+    out = []
+    for n, k, s, o, (lo, _) in zip(in_sp, ksize, strides, out_sp, pads, strict=True):
+        out.append((lo, (o - 1) * s + 1 - n + k - lo - 1))
+    return out
+
+
+def _kernel_grad(x: Array, g: Array, ksize: Sequence[int], strides: Sequence[int],
+                 pads: Sequence[tuple[int, int]]) -> Array:
+    """dL/dw of an NHWC x HWIO convolution in the canonical form XLA:CPU's fast (Eigen) convolution takes:
+    (Cin, spatial, N) x (spatial, N, Cout) -> (Cin, k, Cout), transposed to HWIO.
+
+    XLA:CPU rewrites the kernel gradient to this form itself, except inside a loop body (a ``lax.scan`` over
+    micro-batches), where it stays in its raw layout and runs as naive loops: 27x slower for a 3x3 conv
+    (``benchmarks/bench_train.py --grad_accum``; jax-ml/jax#12868). The barrier stops XLA from folding the
+    transposes back into the convolution. Same numbers as XLA's own rewrite (bit-identical where measured)."""
+    nd = x.ndim
+    nsp = nd - 2
+    xt = jnp.transpose(x, (nd - 1, *range(1, nd - 1), 0))
+    gt = jnp.transpose(g, (*range(1, nd - 1), 0, nd - 1))
+    xt, gt = lax.optimization_barrier((xt, gt))
+    pads_t = _kernel_grad_padding(x.shape[1:-1], ksize, strides, g.shape[1:-1], pads)
+    out = lax.conv_general_dilated(xt, gt, (1,) * nsp, pads_t, rhs_dilation=tuple(strides),
+                                   dimension_numbers=_nhwc_dims(nd))
+    return jnp.transpose(out, (*range(1, nd - 1), 0, nd - 1))
+
+
+def _nhwc_dims(nd: int) -> lax.ConvDimensionNumbers:
+    return lax.ConvDimensionNumbers((0, nd - 1, *range(1, nd - 1)), (nd - 1, nd - 2, *range(nd - 2)),
+                                    (0, nd - 1, *range(1, nd - 1)))
+
+
+def _native_nhwc(x: Array, w: Array, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...],
+                 lhs_dilation: tuple[int, ...] | None = None) -> Array:
+    return lax.conv_general_dilated(x, w, strides, pads, lhs_dilation=lhs_dilation,
+                                    dimension_numbers=_nhwc_dims(x.ndim))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _f32_conv(x: Array, w: Array, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...]) -> Array:
+    return _native_nhwc(x, w, strides, pads)
+
+
+def _f32_conv_fwd(x: Array, w: Array, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...]):
+    return _native_nhwc(x, w, strides, pads), (x, w)
+
+
+def _input_grad(g: Array, w: Array, in_sp: Sequence[int], strides: Sequence[int],
+                pads: Sequence[tuple[int, int]]) -> Array:
+    """dL/dx of an NHWC x HWIO convolution: g correlated with the flipped kernel, its in/out channels swapped,
+    written out (HWIO) before the convolution sees it. As for ``_kernel_grad``: XLA:CPU does this rewrite itself
+    except inside a loop body, where the raw (flipped, "01oi") form runs as naive loops (9x slower measured)."""
+    nsp = g.ndim - 2
+    ksize = w.shape[:nsp]
+    w_t = jnp.swapaxes(jnp.flip(w, axis=tuple(range(nsp))), -1, -2)
+    g, w_t = lax.optimization_barrier((g, w_t))  # also: flip the kernel only when its gradient is due
+    pads_t = []
+    for n, k, s, o, (lo, _) in zip(in_sp, ksize, strides, g.shape[1:-1], pads, strict=True):
+        before = k - lo - 1
+        pads_t.append((before, n + k - 1 - ((o - 1) * s + 1) - before))
+    return _native_nhwc(g, w_t, (1,) * nsp, tuple(pads_t), lhs_dilation=tuple(strides))
+
+
+def _f32_conv_bwd(strides: tuple[int, ...], pads: tuple[tuple[int, int], ...], res: tuple[Array, Array],
+                  g: Array) -> tuple[Array, Array]:
+    x, w = res
+    dx = _input_grad(g, w, x.shape[1:-1], strides, pads).astype(x.dtype)
+    return dx, _kernel_grad(x, g, w.shape[:x.ndim - 2], strides, pads).astype(w.dtype)
+
+
+_f32_conv.defvjp(_f32_conv_fwd, _f32_conv_bwd)
+
+
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1,
@@ -200,12 +280,16 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
                                         dimension_numbers, feature_group_count, batch_group_count, precision,
                                         preferred_element_type)
 
-    simple = (ENABLED and _is_bf16(lhs, rhs) and preferred_element_type in (None, jnp.bfloat16)
-              and all(s == 1 for s in window_strides) and not isinstance(padding, str)
-              and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
-              and feature_group_count == 1 and batch_group_count == 1
-              and _is_nhwc_hwio(dimension_numbers, lhs.ndim))
-    if not simple:
+    plain = (ENABLED and not isinstance(padding, str)
+             and all(d == 1 for d in (lhs_dilation or ())) and all(d == 1 for d in (rhs_dilation or ()))
+             and feature_group_count == 1 and batch_group_count == 1
+             and _is_nhwc_hwio(dimension_numbers, lhs.ndim))
+    if not plain:
         return native(lhs, rhs)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    strides = tuple(int(s) for s in window_strides)
+    if lhs.dtype == rhs.dtype == jnp.float32 and preferred_element_type in (None, jnp.float32):
+        return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _f32_conv(x, w, strides, pads), default=native)
+    if not (_is_bf16(lhs, rhs) and preferred_element_type in (None, jnp.bfloat16) and all(s == 1 for s in strides)):
+        return native(lhs, rhs)
     return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _tap_conv(x, w, pads), default=native)

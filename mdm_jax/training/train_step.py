@@ -59,8 +59,20 @@ def make_step_fn(model: Model, phase: Phase, tx: optax.GradientTransformation, s
 
 
 def jit_step(step_fn: StepFn, state_shardings: TrainState, batch_example: Mapping[str, Any],
-             mesh: Mesh, frozen_shardings: Any = None) -> Callable:
+             mesh: Mesh, frozen_shardings: Any = None, compiler_options: dict[str, Any] | None = None) -> Callable:
     """jit with explicit in/out shardings; the old state's buffers are donated to the new one."""
     batch_shardings = {k: partitioning.batch_sharding(mesh, v.ndim) for k, v in batch_example.items()}
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, frozen_shardings or {}),
-                   out_shardings=(state_shardings, partitioning.replicated(mesh)), donate_argnums=(0,))
+                   out_shardings=(state_shardings, partitioning.replicated(mesh)), donate_argnums=(0,),
+                   compiler_options=compiler_options or None)
+
+
+CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+def step_compiler_options(memory_scheduler: bool) -> dict[str, Any] | None:
+    """XLA options for the train step. ``memory_scheduler`` (config ``cpu_memory_scheduler``) picks XLA:CPU's
+    memory-optimised instruction order on a CPU backend: its default order starts every rematerialised
+    recomputation (and every flipped conv kernel of the backward pass) as early as it can, so they are all live
+    at once and ``remat`` saves nothing. The option is read by the CPU compiler only; accelerators ignore it."""
+    return dict(CPU_MEMORY_SCHEDULER) if memory_scheduler and jax.default_backend() == "cpu" else None

@@ -25,12 +25,12 @@ from mdm_jax import data as data_lib
 from mdm_jax import io_paths
 from mdm_jax.evaluation import prompt_following, video_score
 from mdm_jax.training import checkpoint as ckpt_lib
-from mdm_jax.training import model_fn, partitioning, reporting, run_info, sampling, sources, wallclock
+from mdm_jax.training import host_memory, model_fn, partitioning, reporting, run_info, sampling, sources, wallclock
 from mdm_jax.training import phases as phases_lib
 from mdm_jax.training import state as state_lib
 from mdm_jax.training.optimizer import make_optimizer, param_labels
 from mdm_jax.training.stop import StopCoordinator
-from mdm_jax.training.train_step import jit_step, make_step_fn
+from mdm_jax.training.train_step import jit_step, make_step_fn, step_compiler_options
 
 BATCH_KEYS = ("images", "labels", "lm_outputs", "lm_mask", "tokens")
 
@@ -133,7 +133,8 @@ def setup_phase(config: ml_collections.ConfigDict, phase: phases_lib.Phase, mesh
     run.abstract = state_lib.abstract_state(abstract_params, tx, run.shardings)
     step_fn = make_step_fn(model, phase, tx, schedule, labels, ema_decay=float(config.optimizer.ema_decay),
                            seed=int(config.seed), ema_warmup=bool(config.optimizer.get("ema_warmup", True)))
-    run.step_fn = jit_step(step_fn, run.shardings, example, mesh, frozen_shardings)
+    run.step_fn = jit_step(step_fn, run.shardings, example, mesh, frozen_shardings,
+                           step_compiler_options(bool(config.get("cpu_memory_scheduler", False))))
     return run
 
 
@@ -322,6 +323,7 @@ class Trainer:
     def compile(self, run: PhaseRun, state: state_lib.TrainState, batch: Mapping[str, Any]) -> None:
         t0 = time.perf_counter()
         run.compiled = run.step_fn.lower(state, batch, run.frozen).compile()
+        host_memory.release_freed_heap()  # the compiler's freed heap would otherwise stay resident all run
         run.flops = _cost_flops(run.compiled)
         logging.info("Compiled the train step of phase '%s' in %.1fs (%.3g GFLOP per step per device by XLA's "
                      "cost analysis)", run.phase.name, time.perf_counter() - t0, run.flops / 1e9)

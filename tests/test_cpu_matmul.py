@@ -2,7 +2,8 @@
 
 bf16 convolutions, Dense layers and attention einsums take f32-accumulating dots on CPU: values and gradients
 agree with float32 references to bf16 rounding, the CPU lowering really has no convolution left, float32 keeps
-the native ops (the parity path), and pre-casting kernels for sampling changes no bit of the output.
+the native forward (the parity path) with gradients equal to autodiff's bit for bit that stay in XLA:CPU's fast
+form inside a scan, and pre-casting kernels for sampling changes no bit of the output.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ item 11). So on CPU, in bf16 compute, this module
 with hand-written backward passes that feed bf16 cotangents to the same f32-accumulating dots (autodiff would
 produce f32 x bf16 dots, which fall back to f32). In float32 the convolution itself stays native; only its kernel
 gradient is written out in the form XLA:CPU runs fast, which it does not find by itself inside a ``lax.scan``
-(gradient accumulation; see ``_kernel_grad``). Accelerators and float32 keep the native ops:
-``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics and the fp32 parity path are
-untouched. The CPU path is at least as accurate as the native bf16 op (f32 accumulation, one rounding at the end).
+(gradient accumulation; see ``_kernel_grad``), with the same numbers as autodiff's. Accelerators keep the
+native ops: ``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics and the fp32
+parity path (the forward) are untouched. The CPU path is at least as accurate as the native bf16 op (f32
+accumulation, one rounding at the end).
 Set ``ENABLED = False`` (or ``MDM_CPU_NATIVE_BF16=1``) for the native ops everywhere (A/B benchmarks).
 """
 
@@ -190,7 +191,7 @@ def _is_nhwc_hwio(dimension_numbers: Any, ndim: int) -> bool:
             and tuple(dn.out_spec) == (0, ndim - 1, *range(1, ndim - 1)))
 
 
-# ------------------------------------------------------------------------- float32 kernel gradients in loop bodies
+# -------------------------------------------------------------------- float32 convolution gradients in loop bodies
 
 
 def _kernel_grad_padding(in_sp: Sequence[int], ksize: Sequence[int], strides: Sequence[int],
@@ -246,7 +247,7 @@ def _input_grad(g: Array, w: Array, in_sp: Sequence[int], strides: Sequence[int]
                 pads: Sequence[tuple[int, int]]) -> Array:
     """dL/dx of an NHWC x HWIO convolution: g correlated with the flipped kernel, its in/out channels swapped,
     written out (HWIO) before the convolution sees it. As for ``_kernel_grad``: XLA:CPU does this rewrite itself
-    except inside a loop body, where the raw (flipped, "01oi") form runs as naive loops (9x slower measured)."""
+    except inside a loop body, where the raw (flipped, "01oi") form runs as naive loops."""
     nsp = g.ndim - 2
     ksize = w.shape[:nsp]
     w_t = jnp.swapaxes(jnp.flip(w, axis=tuple(range(nsp))), -1, -2)
@@ -288,7 +289,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
         return native(lhs, rhs)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(int(s) for s in window_strides)
-    if lhs.dtype == rhs.dtype == jnp.float32 and preferred_element_type in (None, jnp.float32):
+    if lhs.dtype == rhs.dtype == jnp.float32 and preferred_element_type in (None, jnp.float32) and precision is None:
         return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _f32_conv(x, w, strides, pads), default=native)
     if not (_is_bf16(lhs, rhs) and preferred_element_type in (None, jnp.bfloat16) and all(s == 1 for s in strides)):
         return native(lhs, rhs)

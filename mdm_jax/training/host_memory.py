@@ -2,8 +2,8 @@
 
 Why: compiling a model like S64 allocates about a gigabyte of small objects and frees them when it is done.
 glibc keeps freed small chunks in its heap, and the step's buffers (large, so ``mmap``'d) never reuse them, so
-they would stay in the process's resident memory for the whole run: 1.9 GiB after compiling S64's step, 1.1 GiB
-after a trim (README, Benchmarks). Elsewhere (macOS, musl) this is a no-op.
+they would stay in the process's resident memory for the whole run (README, Benchmarks: S64's step).
+Elsewhere (macOS, musl) this is a no-op.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Cases are ``MODEL:KIND:bBATCH:DTYPE``: MODEL ``p1``/``p2`` (parity fixture confi
 architecture (``S64``, ``S64S256``, ...); KIND ``train`` (loss + backward + clip 2.0 + Adam + EMA 0.9999, as
 ml-mdm's ``trainer.train_batch`` / our jitted train step), ``sampler`` (one CFG DDIM step with dynamic_if
 thresholding: the network on 2×batch, guidance, update; ``--sampler_steps`` steps per timed call, reported per
-step) or ``fwd`` (one no-grad forward at the batch); DTYPE ``fp32`` or ``bf16`` (ml-mdm: ``torch.autocast``
+step) or ``fwd`` (one no-grad forward at the batch); a ``:lowmem`` suffix on a train case runs ours in its
+low-memory setting (one micro-batch per sample in a ``lax.scan``, remat, XLA:CPU's memory-optimised scheduler, bf16
+first moment); DTYPE ``fp32`` or ``bf16`` (ml-mdm: ``torch.autocast``
 bfloat16 as its trainer's ``--fp16``, with its GradScaler; ours: ``dtype=bfloat16`` compute, float32 parameters).
 Text: 128 tokens of width 2048 for the paper models, the fixture's length/width for p1/p2. On CUDA, TF32 is on for
 torch (as ml-mdm's trainer sets it) and JAX uses its default matmul precision (TF32 on Ampere+ for float32).
@@ -44,7 +46,7 @@ CASE_SETS = {
     "small": "p2:train:b8:fp32,p2:sampler:b8:fp32",
     "issue12": ("p2:train:b8:fp32,p2:sampler:b8:fp32,S64:fwd:b1:fp32,S64:sampler:b1:fp32,S64:train:b1:fp32,"
                 "S64:train:b4:fp32,S64:fwd:b1:bf16,S64:sampler:b1:bf16,S64:train:b1:bf16,"
-                "S64:sampler:b4:fp32,S64:sampler:b4:bf16,S64:train:b4:bf16"),
+                "S64:sampler:b4:fp32,S64:sampler:b4:bf16,S64:train:b4:bf16,S64:train:b4:fp32:lowmem"),
     # Issue 8 item 7 / issue 12 item 5: the paper's per-GPU batches (S64 512/8 GPUs, S64S256 256/8), bf16 first.
     "gpu": ("S64:train:b64:bf16,S64S256:train:b32:bf16,S64:sampler:b64:bf16,S64:fwd:b64:bf16,"
             "S64S256:sampler:b32:bf16,p2:train:b8:bf16,S64:train:b64:fp32,S64S256:train:b32:fp32"),
@@ -59,11 +61,15 @@ LIVE: set = set()  # running workers, killed if this parent is stopped
 
 def parse_case(name: str) -> dict[str, Any]:
     parts = name.split(":")
+    lowmem = len(parts) == 5 and parts[4] == "lowmem"
+    if lowmem:
+        parts = parts[:4]
     if len(parts) != 4 or parts[1] not in ("train", "sampler", "fwd") or parts[3] not in ("fp32", "bf16") \
-            or not parts[2].startswith("b") or not parts[2][1:].isdigit():
-        raise SystemExit(f"--cases: {name!r} is not MODEL:train|sampler|fwd:bBATCH:fp32|bf16")
+            or not parts[2].startswith("b") or not parts[2][1:].isdigit() or (lowmem and parts[1] != "train"):
+        raise SystemExit(f"--cases: {name!r} is not MODEL:train|sampler|fwd:bBATCH:fp32|bf16[:lowmem] (lowmem: train "
+                         "only)")
     return {"name": name, "model": parts[0], "kind": parts[1], "batch": int(parts[2][1:]),
-            "dtype": "float32" if parts[3] == "fp32" else "bfloat16"}
+            "dtype": "float32" if parts[3] == "fp32" else "bfloat16", "lowmem": lowmem}
 
 
 def case_configs(case: dict[str, Any], parity: str) -> dict[str, Any]:
@@ -137,8 +143,10 @@ def worker_ours(spec: dict[str, Any]) -> None:
     if case["kind"] == "train":
         import bench_train
 
-        args = argparse.Namespace(model=case["model"], batch=case["batch"], dtype=case["dtype"], remat=False,
-                                  mu_dtype="", parity=os.path.join(spec["parity"], "configs.json"),
+        low = bool(case.get("lowmem"))  # our low-memory training setting (README, Benchmarks); ml-mdm runs as ever
+        args = argparse.Namespace(model=case["model"], batch=case["batch"], dtype=case["dtype"], remat=low,
+                                  mu_dtype="bfloat16" if low else "", grad_accum=case["batch"] if low else 0,
+                                  memory_scheduler=low, parity=os.path.join(spec["parity"], "configs.json"),
                                   cache=spec["jax_cache"])
         built = bench_train.build_step(args)
         compiled, batch = built["compiled"], built["batch"]

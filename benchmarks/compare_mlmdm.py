@@ -46,7 +46,8 @@ CASE_SETS = {
     "small": "p2:train:b8:fp32,p2:sampler:b8:fp32",
     "issue12": ("p2:train:b8:fp32,p2:sampler:b8:fp32,S64:fwd:b1:fp32,S64:sampler:b1:fp32,S64:train:b1:fp32,"
                 "S64:train:b4:fp32,S64:fwd:b1:bf16,S64:sampler:b1:bf16,S64:train:b1:bf16,"
-                "S64:sampler:b4:fp32,S64:sampler:b4:bf16,S64:train:b4:bf16,S64:train:b4:fp32:lowmem"),
+                "S64:sampler:b4:fp32,S64:sampler:b4:bf16,S64:train:b4:bf16,S64:train:b4:fp32:lowmem,"
+                "S64:train:b4:bf16:lowmem"),
     # Issue 8 item 7 / issue 12 item 5: the paper's per-GPU batches (S64 512/8 GPUs, S64S256 256/8), bf16 first.
     "gpu": ("S64:train:b64:bf16,S64S256:train:b32:bf16,S64:sampler:b64:bf16,S64:fwd:b64:bf16,"
             "S64S256:sampler:b32:bf16,p2:train:b8:bf16,S64:train:b64:fp32,S64S256:train:b32:fp32"),

@@ -113,3 +113,30 @@ def test_moving_shapes_first_frame_does_not_give_the_direction_away():
     means = {d: np.mean(pts, axis=0) for d, pts in starts.items()}
     spread = np.ptp(np.stack(list(means.values())), axis=0)
     assert len(means) == 4 and np.all(spread < 0.03), means  # the old renders started 0.3 off centre, opposite
+
+
+def _centroids(src: MovingShapesSource, n: int) -> dict[str, np.ndarray]:
+    """Mean shape centre (x, y, fraction of the frame) of single-frame items, per caption direction."""
+    out: dict[str, list] = {}
+    for i in range(n):
+        item = src[i]
+        img = item["image"].astype(np.float32)
+        rgb = np.asarray(procedural.COLOURS[item["caption"].split()[1]], np.float32)
+        ys, xs = np.nonzero(np.all(np.abs(img - rgb) < 1, axis=-1))
+        out.setdefault(item["caption"].split()[-1], []).append((xs.mean() / 16, ys.mean() / 16))  # grid: i / size
+    return {d: np.mean(v, axis=0) for d, v in out.items()}
+
+
+def test_moving_shapes_stills_show_the_start_or_any_point_of_the_path():
+    """Image-phase stills: the path's start by default; its end (0.35 of the frame along the motion) or a random
+    point along it (0.35 / 2 on average) with still_frame='last' / 'random', where the direction word says where
+    the shape is."""
+    first = _centroids(MovingShapesSource(16, frames=1, num_examples=400), 400)
+    anywhere = _centroids(MovingShapesSource(16, frames=1, num_examples=400, still_frame="random"), 400)
+    last = _centroids(MovingShapesSource(16, frames=1, num_examples=400, still_frame="last"), 400)
+    for d, (dx, dy) in {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.items():
+        np.testing.assert_allclose(first[d], 0.5, atol=0.03)
+        np.testing.assert_allclose(anywhere[d] - 0.5, (0.175 * dx, 0.175 * dy), atol=0.04)
+        np.testing.assert_allclose(last[d] - 0.5, (0.35 * dx, 0.35 * dy), atol=0.04)
+    with pytest.raises(ValueError, match="still_frame"):
+        MovingShapesSource(16, frames=1, still_frame="middle")

@@ -32,3 +32,11 @@ def test_video_demo_tiny_trains_and_writes_clips(tmp_path):
     assert scores, os.listdir(video)
     score = json.loads(open(scores[-1]).read())
     assert score["step"] == 8 and score["weights"] == "ema" and 0.0 <= score["colour"] <= 1.0
+    # Which caption words the trained model reads (loss with true vs swapped captions, same draws per time).
+    from mdm_jax.evaluation.caption_swap import run_gaps
+
+    gaps, step, _ = run_gaps(config, str(tmp_path), num=4, times=(0.5, 0.9))
+    assert step == 8 and set(gaps) == {"colour", "shape", "direction", "no caption"}
+    for rows in gaps.values():
+        assert len(rows) == 2 * 2 and all(np.isfinite(g.gap) for g in rows)  # 2 times x 2 levels
+        assert [g.true_loss for g in rows] == [g.true_loss for g in gaps["no caption"]]  # the same true draws

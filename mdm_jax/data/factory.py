@@ -58,6 +58,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "frames": 1,  # frames per clip (a square: 4, 16, 64); 1 = images
             "frame_stride": 4,  # video_folder: take every n-th frame (paper: 4)
             "frame_start": -1,  # video_folder: first frame; -1 = drawn per video (one clip per video)
+            "still_frame": "first",  # moving_shapes with frames=1: the path's 'first', 'last' or a 'random' point
             "text": {
                 "tokenizer": "byte",  # 'byte' (built-in) | 't5' (local spiece.model / folder) | 'mlmdm' (t5.vocab)
                 "tokenizer_path": "",
@@ -128,7 +129,8 @@ def create_source(config: ml_collections.ConfigDict, split: str = "train") -> tu
         frames = int(config.frames)  # 1: single frames (the image phase of progressive video training)
         if name == "moving_shapes":
             src = video.MovingShapesSource(config.resolution, frames, config.num_examples if split == "train"
-                                           else max(1, config.num_examples // 10), split, config.procedural_seed)
+                                           else max(1, config.num_examples // 10), split, config.procedural_seed,
+                                           still_frame=config.still_frame)
             names = video.MovingShapesSource.class_names()
             return src, SourceSpec("text", True, True, len(names), names)
         src = video.VideoFolderSource(config.data_dir, config.resolution, frames, int(config.frame_stride),

@@ -28,6 +28,7 @@ from mdm_jax.data.file_sources import MissingDataError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".gif", ".mpg", ".mpeg", ".ogv")
 TRAVEL = 0.35  # of the frame, first to last frame (the path stays inside: centre +-0.1 +-0.35)
+STILL_FRAMES = {"first": lambda rng: 0.0, "last": lambda rng: 1.0, "random": lambda rng: float(rng.uniform())}
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 CORRUPT_KEY = "_corrupt"
@@ -66,10 +67,13 @@ class MovingShapesSource:
     """Procedural clips: one shape of one colour moving left/right/up/down over a drifting background."""
 
     def __init__(self, resolution: int, frames: int = 16, num_examples: int = 100_000, split: str = "train",
-                 seed: int = 0):
+                 seed: int = 0, still_frame: str = "first"):
         if split not in _SPLIT_IDS:
             raise ValueError(f"moving_shapes has splits {sorted(_SPLIT_IDS)}, got {split!r}")
+        if still_frame not in STILL_FRAMES:
+            raise ValueError(f"data.still_frame: expected one of {sorted(STILL_FRAMES)}, got {still_frame!r}")
         self.frames = int(frames)
+        self.still_frame = still_frame
         n = tiles_for(self.frames)
         if resolution % n:
             raise ValueError(f"data.resolution: {resolution} is not divisible into {n}x{n} frames")
@@ -102,10 +106,13 @@ class MovingShapesSource:
         # The start is drawn the same way for every direction (near the centre), so frame 0 says nothing about the
         # motion: a model has to read the direction word, not continue away from the side the shape starts on.
         start = 0.5 + rng.uniform(-0.1, 0.1, size=2)
+        # A still (f == 1) shows the path's start, its end or a random point along it (still_frame); the last two tie
+        # the direction word to where the shape is already in an image phase (drawn last: other draws unchanged).
+        along = None if f > 1 else STILL_FRAMES[self.still_frame](rng)
         out = np.empty((f, size, size, 3), np.uint8)
         rgb = np.asarray(procedural.COLOURS[colour], np.float32)
         for k in range(f):
-            p = k / max(f - 1, 1)
+            p = k / max(f - 1, 1) if along is None else along
             bg = base + 20 * np.sin(2 * np.pi * (wave * xs + 0.5 * p))[..., None]
             cx, cy = start[0] + TRAVEL * dx * p, start[1] + TRAVEL * dy * p
             m = procedural._shape_mask(shape, xs, ys, cx, cy, r)[..., None]

@@ -513,7 +513,8 @@ def _label(name: str, params: int | None) -> str:
     c = parse_case(name)
     size = "" if not params else f" ({params / 1e6:.1f}M)" if params < 1e8 else f" ({params / 1e6:.0f}M)"
     dtype = "fp32" if c["dtype"] == "float32" else "bf16"
-    return f"{c['model']}{size} batch {c['batch']} {dtype}, {KIND_LABELS[c['kind']]}"
+    low = ", ours as micro-batches of 1 + remat + memory scheduler + bf16 Adam mu" if c.get("lowmem") else ""
+    return f"{c['model']}{size} batch {c['batch']} {dtype}, {KIND_LABELS[c['kind']]}{low}"
 
 
 def table(results: list[dict[str, Any]], gpu: bool, peak: float) -> str:

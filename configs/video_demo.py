@@ -11,7 +11,7 @@ nothing about a still) to drown "left/right/up/down" (its outputs for them diffe
 50-90%), and the clips never followed the direction; frozen, every word stays distinct and the UNet's own text
 projections learn to read it (``python -m mdm_jax.evaluation.caption_swap``). The loss targets v, guidance 4.
 Clips start near the centre whatever their direction, so only the caption says which way the shape goes.
-Measured (README, "Video"): 900 + 1600 steps, about 16 min on two cores, 64 sampled clips: colour 100%,
+Measured (README, "Video"): 900 + 1600 steps, about 15 min on two cores, 64 sampled clips: colour 100%,
 direction 100%.
 
   python -m mdm_jax.main --config=configs/video_demo.py --workdir=/tmp/mdm_video_demo

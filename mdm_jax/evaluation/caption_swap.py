@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax.data import procedural
+from mdm_jax.data import procedural, video
 
 # loss(captions, time (B,), noises per level) -> per level (B,) mse
 LossFn = Callable[[Sequence[str], jax.Array, Sequence[jax.Array]], Sequence[np.ndarray]]
 DEFAULT_GROUPS = {"colour": tuple(procedural.COLOURS), "shape": tuple(procedural.SHAPES),
-                  "direction": ("left", "right", "up", "down")}
+                  "direction": tuple(video.DIRECTIONS)}
 
 
 def swap_word(caption: str, group: Sequence[str], k: int) -> str | None:
@@ -62,9 +61,14 @@ def caption_gaps(loss: LossFn, captions: Sequence[str], groups: Mapping[str, Seq
     for i, t in enumerate(times):
         time = jnp.full((n,), int(t), jnp.int32)
         noises = noise_fn(i)
-        true = [np.asarray(m) for m in loss(captions, time, noises)]
-        variants: dict[str, list[tuple[np.ndarray, list[np.ndarray]]]] = {"no caption": []}
-        variants["no caption"].append((np.ones(n, bool), [np.asarray(m) for m in loss([""] * n, time, noises)]))
+
+        def losses(caps, time=time, noises=noises):
+            return [np.asarray(m) for m in loss(caps, time, noises)]
+
+        true = losses(captions)
+        # per variant: (which samples it changed, its per-level losses)
+        variants: dict[str, list[tuple[np.ndarray, list[np.ndarray]]]] = {
+            "no caption": [(np.ones(n, bool), losses([""] * n))]}
         for name, group in groups.items():
             variants[name] = []
             for k in range(1, len(group)):
@@ -73,7 +77,7 @@ def caption_gaps(loss: LossFn, captions: Sequence[str], groups: Mapping[str, Seq
                 if not has.any():
                     continue
                 alt = [s if s is not None else c for s, c in zip(swapped, captions, strict=True)]
-                variants[name].append((has, [np.asarray(m) for m in loss(alt, time, noises)]))
+                variants[name].append((has, losses(alt)))
         for name, runs in variants.items():
             for level, base in enumerate(true):
                 diffs = [(m[level] - base)[has] for has, m in runs]
@@ -140,16 +144,6 @@ def run_gaps(config, workdir: str, num: int = 32, times: Sequence[float] = (0.3,
     return gaps, run.step, dspec.num_diffusion_steps
 
 
-def _load_config(path: str):
-    path, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("caption_swap_config", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"--config: cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="the run's config file (path[:arg])")
@@ -160,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--groups", default="")
     p.add_argument("--split", default="validation")
     a = p.parse_args(argv)
-    gaps, step, num_steps = run_gaps(_load_config(a.config), a.workdir, a.num,
+    from mdm_jax.training import config_lib
+
+    gaps, step, num_steps = run_gaps(config_lib.load(a.config), a.workdir, a.num,
                                      [float(x) for x in a.times.split(",")], a.step, parse_groups(a.groups),
                                      split=a.split)
     print(f"step {step}: loss with the true caption vs one word swapped (same samples, times, noise); "

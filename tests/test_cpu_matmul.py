@@ -73,11 +73,38 @@ def test_cpu_lowering_has_no_convolution_in_bf16_and_keeps_it_in_float32():
     bf16 = jax.jit(f).lower(x.astype(BF16), w.astype(BF16)).as_text()
     assert "convolution" not in bf16 and bf16.count("dot_general") == 9
     assert "convolution" in jax.jit(f).lower(x, w).as_text()  # float32: the native op, untouched numerics
-    # Strided convs (downsampling) keep the native op in bf16 too.
+    # Strided convs (downsampling) in bf16: a float32 convolution, as XLA:CPU would compute the native one.
     nd = lax.conv_dimension_numbers(x.shape, w.shape, dn)
     strided = jax.jit(lambda x, w: cpu_matmul.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)),
                                                                     dimension_numbers=nd))
-    assert "convolution" in strided.lower(x.astype(BF16), w.astype(BF16)).as_text()
+    convs = [ln for ln in strided.lower(x.astype(BF16), w.astype(BF16)).as_text().splitlines() if "convolution" in ln]
+    assert len(convs) == 1 and "bf16" not in convs[0] and "f32" in convs[0]
+
+
+@pytest.mark.parametrize("case", [
+    ("3x3 stride 2", (2, 16, 16, 8), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ("odd stride 2", (2, 15, 15, 8), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ("1d stride 2", (3, 8, 8), (3,), (2,), ((1, 1),)),
+], ids=lambda c: c[0])
+def test_strided_bf16_conv_is_the_native_forward_with_float32_accurate_gradients(case):
+    _, xs, k, strides, pads = case
+    dn = ("NHWC", "HWIO", "NHWC") if len(xs) == 4 else ("NWC", "WIO", "NWC")
+    x, w = _rand(xs, 0).astype(BF16), _rand((*k, xs[-1], 6), 1, 0.3).astype(BF16)
+
+    def f32_conv(x, w, *args, **kwargs):  # float32 conv of the same bf16 inputs: the reference
+        return lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), *args, **kwargs)
+
+    def loss(fn):
+        return lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, pads, dimension_numbers=dn).astype(jnp.float32)))
+
+    ours = jax.jit(lambda x, w: cpu_matmul.conv_general_dilated(x, w, strides, pads, dimension_numbers=dn))(x, w)
+    native = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=dn))(x, w)
+    assert ours.dtype == BF16
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(native, np.float32))
+    got = jax.jit(jax.grad(loss(cpu_matmul.conv_general_dilated), (0, 1)))(x, w)
+    ref = jax.grad(loss(f32_conv), (0, 1))(x, w)
+    for a, b in zip(got, ref, strict=True):
+        assert a.dtype == BF16 and _rel(a, b) < 1e-2  # f32 sums, one bf16 rounding (as the native op's gradients)
 
 
 @pytest.mark.parametrize("spec,sa,sb", [
@@ -186,11 +213,26 @@ def test_conv_gradients_inside_a_scan_stay_in_the_fast_form():
             return acc + jax.grad(loss)(w), None
         return jax.jit(lambda w, x: lax.scan(body, jnp.zeros_like(w), x)[0])
 
-    def conv_forms(fn):
-        hlo = fn.lower(w, x).compile().as_text()
+    def conv_forms_of(lowered):
+        hlo = lowered.compile().as_text()
         return {line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines() if "convolution(" in line}
+
+    def conv_forms(fn):
+        return conv_forms_of(fn.lower(w, x))
 
     assert conv_forms(accumulated(cpu_matmul.conv_general_dilated)) == {"b01f_01io->b01f"}
     assert conv_forms(accumulated(lax.conv_general_dilated)) - {"b01f_01io->b01f"}  # what this guards against
+    # A bf16 downsample too: its gradients are the float32 ones on f32 copies, in the same fast form.
+    xb, wb = x.astype(BF16), w.astype(BF16)
+
+    def downsample_loss(w, xi):
+        y = cpu_matmul.conv_general_dilated(xi, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+
+    def strided_sum(w, x):
+        step = lambda acc, xi: (acc + jax.grad(downsample_loss)(w, xi).astype(jnp.float32), None)  # noqa: E731
+        return lax.scan(step, jnp.zeros(w.shape, jnp.float32), x)[0]
+    strided = jax.jit(strided_sum)
+    assert conv_forms_of(strided.lower(wb, xb)) == {"b01f_01io->b01f"}
     # Same sums in another order (Eigen vs the naive loops): equal to float32 rounding of the largest entry.
     assert _rel(accumulated(cpu_matmul.conv_general_dilated)(w, x), accumulated(lax.conv_general_dilated)(w, x)) < 1e-5

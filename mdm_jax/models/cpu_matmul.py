@@ -6,7 +6,8 @@ item 11). So on CPU, in bf16 compute, this module
 
 - runs dots as ``dot_general(bf16, bf16, preferred_element_type=f32)`` then rounds to bf16, and
 - runs stride-1 convolutions as one such dot per kernel tap on a shifted view of the padded input (the 3x3 convs of
-  the UNet become 9 [N·H·W, Cin] x [Cin, Cout] matmuls summed in f32),
+  the UNet become 9 [N·H·W, Cin] x [Cin, Cout] matmuls summed in f32), and strided ones (the downsamples) as the
+  float32 convolution below on f32 copies,
 
 with hand-written backward passes that feed bf16 cotangents to the same f32-accumulating dots (autodiff would
 produce f32 x bf16 dots, which fall back to f32). In float32 the convolution itself stays native; only its kernel
@@ -291,6 +292,16 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
     strides = tuple(int(s) for s in window_strides)
     if lhs.dtype == rhs.dtype == jnp.float32 and preferred_element_type in (None, jnp.float32) and precision is None:
         return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _f32_conv(x, w, strides, pads), default=native)
-    if not (_is_bf16(lhs, rhs) and preferred_element_type in (None, jnp.bfloat16) and all(s == 1 for s in strides)):
+    if not (_is_bf16(lhs, rhs) and preferred_element_type in (None, jnp.bfloat16)):
         return native(lhs, rhs)
-    return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _tap_conv(x, w, pads), default=native)
+    if all(s == 1 for s in strides):
+        return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _tap_conv(x, w, pads), default=native)
+    return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _strided_bf16(x, w, strides, pads), default=native)
+
+
+def _strided_bf16(x: Array, w: Array, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...]) -> Array:
+    """A strided bf16 convolution (the downsamples) on CPU: the float32 path on f32 copies, rounded once.
+
+    XLA:CPU computes a bf16 convolution in f32 anyway, so the values are the native op's; what changes is the
+    gradient, which the native op leaves to autodiff and thus to the naive loops inside a ``lax.scan``."""
+    return _f32_conv(x.astype(jnp.float32), w.astype(jnp.float32), strides, pads).astype(jnp.bfloat16)

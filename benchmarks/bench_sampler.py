@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 from mdm_jax.diffusion.sampler import lower_sample  # noqa: E402
 from mdm_jax.diffusion.spec import DiffusionSpec  # noqa: E402
 from mdm_jax.models.precision import cast_kernels  # noqa: E402
-from mdm_jax.training import host_memory  # noqa: E402
 
 PARITY = Path(os.environ.get("MDM_PARITY_DIR", Path(__file__).resolve().parents[2] / "shared" / "parity"))
 
@@ -108,7 +107,6 @@ def main() -> None:
                     help="untimed runs before the timed ones (0 for long runs: compilation is already separate)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="computation dtype")
     args = ap.parse_args()
-    host_memory.keep_freed_memory()  # as mdm_jax.main does (MDM_HOST_MALLOC=system for glibc's defaults)
 
     if args.model in ("p1", "p2"):
         apply_fn, params, spec, shape, cond, n = fixture_model(args.model, args.batch, args.tokens, args.dtype)

@@ -258,9 +258,6 @@ def main() -> None:
                    help="one subprocess per XLA_FLAGS setting: 'all' or comma-separated names of SWEEP")
     args = p.parse_args()
     sys.path.insert(0, REPO)
-    from mdm_jax.training import host_memory
-
-    host_memory.keep_freed_memory()  # as mdm_jax.main does (MDM_HOST_MALLOC=system for glibc's defaults)
     if not args.xla_flags_sweep:
         print(json.dumps(run_one(args)), flush=True)
         return

@@ -303,10 +303,6 @@ def worker_mlmdm(spec: dict[str, Any]) -> None:
 
 
 def worker_main(kind: str, spec_json: str) -> None:
-    from mdm_jax.training import host_memory
-
-    # Both implementations under the same heap policy (--host_malloc, in the environment), before any thread.
-    host_memory.keep_freed_memory()
     spec = json.loads(spec_json)
     try:
         (worker_ours if kind == "ours" else worker_mlmdm)(spec)
@@ -328,7 +324,6 @@ class Worker:
         self.impl, self.deadline = impl, time.monotonic() + timeout
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env["MDM_HOST_MALLOC"] = spec["host_malloc"]
         if impl == "ours":
             # No up-front grab of 75% of GPU memory: the peak is then what the step needs, and the torch worker
             # can run next to this one.
@@ -418,8 +413,7 @@ def run_case(case: dict[str, Any], args: argparse.Namespace, first: str, deadlin
             result[i]["error"] = f"config: {type(e).__name__}: {e}"
         return result
     spec = {"case": case, "cfg": cfg, "parity": args.parity, "mlmdm": args.mlmdm, "device": args.device,
-            "warmup": args.warmup, "host_malloc": args.host_malloc, "sampler_steps": args.sampler_steps,
-            "guidance": args.guidance,
+            "warmup": args.warmup, "sampler_steps": args.sampler_steps, "guidance": args.guidance,
             "torch_threads": args.torch_threads, "jax_cache": args.jax_cache,
             "cudnn_benchmark": args.cudnn_benchmark}
     order = [i for i in (first, next(i for i in IMPLS if i != first)) if i in args.impls]
@@ -577,10 +571,6 @@ def main() -> None:
     p.add_argument("--impls", default="mlmdm,ours", help="which implementations to run (debugging: one of them)")
     p.add_argument("--jax_cache", default="", help="JAX persistent compilation cache folder ('' = off)")
     p.add_argument("--parity", default=DEFAULT_PARITY, help="folder with the parity fixtures' configs.json")
-    p.add_argument("--host_malloc", default="keep", choices=["keep", "system"],
-                   help="glibc heap policy of both workers (mdm_jax.training.host_memory): 'keep' freed step "
-                        "buffers mapped (what `mdm_jax.main` does on CPU hosts; torch gains from it too), or "
-                        "'system' defaults")
     p.add_argument("--json_out", default="", help="results as JSON (rewritten after every case)")
     p.add_argument("--log_dir", default="", help="worker stderr logs (default: a temp folder)")
     args = p.parse_args()

@@ -75,9 +75,6 @@ def main(argv: list[str]) -> None:
         raise SystemExit(compile_plan.main(FLAGS.config))
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (train and sample modes)")
-    from mdm_jax.training import host_memory
-
-    host_memory.keep_freed_memory()  # before JAX starts its threads; CPU hosts only by default
     set_cpu_devices(int(FLAGS.config.get("cpu_devices", 0) or 0))
     init_distributed()
     import jax

@@ -110,6 +110,7 @@ def test_strided_bf16_conv_is_the_native_forward_with_float32_accurate_gradients
 @pytest.mark.parametrize("spec,sa,sb", [
     ("bqhd,bkhd->bhqk", (2, 5, 3, 4), (2, 7, 3, 4)),
     ("bhqk,bkhd->bqhd", (2, 3, 5, 7), (2, 7, 3, 4)),
+    ("bhqk,bkhd->bqhd", (2, 3, 8, 16), (2, 16, 3, 4)),  # unrolled: 6 dots
     ("ab,bc->ac", (6, 5), (5, 3)),
     ("bcda,ae->bcde", (1, 2, 3, 4), (4, 5)),
 ])
@@ -126,9 +127,17 @@ def test_einsum_and_its_gradients(spec, sa, sb):
     for g, r in zip(jax.grad(lambda a, b: jnp.sum(ours(a, b) ** 2), (0, 1))(a, b),
                     jax.grad(lambda a, b: jnp.sum(ref(a, b) ** 2), (0, 1))(a, b), strict=True):
         assert _rel(g, r) < 2e-2
-    # bf16 operands go to the dot as bf16 (jnp.einsum(preferred_element_type=f32) would convert them to f32)
-    hlo = jax.jit(ours).lower(a, b).as_text()
-    assert "dot_general" in hlo and "bf16" in hlo.split("dot_general")[1].split("\n")[0]
+    # bf16 operands go to the dot as bf16 (jnp.einsum(preferred_element_type=f32) would convert them to f32), in
+    # unbatched dots: a batched one is unrolled per batch element, or (attention's logits, whose output is larger
+    # than its operands) run on f32 operands, as XLA:CPU would run a batched bf16 dot anyway.
+    dots = [ln for ln in jax.jit(ours).lower(a, b).as_text().splitlines() if "dot_general" in ln]
+    ins, out = spec.split("->")
+    batched = any(c in ins.split(",")[1] and c in out for c in ins.split(",")[0])
+    if batched and not cpu_matmul._unroll(spec, a, b):
+        assert len(dots) == 1 and "batching_dims" in dots[0] and "bf16" not in dots[0]
+    else:
+        n = cpu_matmul._batch_size(spec, a) if batched else 1
+        assert len(dots) == n and all("batching_dims" not in d and "bf16" in d for d in dots), dots
 
 
 def test_dot_general_with_batch_dims_equals_lax():

@@ -63,6 +63,9 @@ def _spec(a_ndim: int, b_ndim: int, dimension_numbers: Any) -> tuple[str, str, s
     return "".join(a), "".join(b), "".join(out)
 
 
+MAX_UNROLLED_BATCH = 64
+
+
 def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
     """Two-operand einsum as one ``lax.dot_general(..., preferred_element_type=f32)`` (+ a transpose).
 
@@ -71,6 +74,10 @@ def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
     ins, out = spec.split("->")
     sa, sb = ins.split(",")
     batch = [c for c in sa if c in sb and c in out]
+    if batch:  # XLA:CPU runs no batched bf16 x bf16 -> f32 dot: unrolled, or the f32 dot XLA would run anyway
+        if _unroll(spec, a, b):
+            return _batch_unrolled(spec, a, b, batch)
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
     contract = [c for c in sa if c in sb and c not in out]
     dims = (([sa.index(c) for c in contract], [sb.index(c) for c in contract]),
             ([sa.index(c) for c in batch], [sb.index(c) for c in batch]))
@@ -79,15 +86,61 @@ def _einsum_f32(spec: str, a: Array, b: Array) -> Array:
     return y if "".join(order) == out else jnp.transpose(y, [order.index(c) for c in out])
 
 
+def _unroll(spec: str, a: Array, b: Array) -> bool:
+    """Unroll a batched dot when the batch is small and the output small beside the larger operand: stacking the
+    per-element outputs copies the output, which for attention's logits (``bhqk``) costs more than it saves."""
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    dims = {**dict(zip(sa, a.shape, strict=True)), **dict(zip(sb, b.shape, strict=True))}
+    out_size = 1
+    for c in out:
+        out_size *= dims[c]
+    return _batch_size(spec, a) <= MAX_UNROLLED_BATCH and 2 * out_size <= max(a.size, b.size)
+
+
+def _batch_size(spec: str, a: Array) -> int:
+    """Number of batch elements of a two-operand einsum (indices in both operands and the output)."""
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    n = 1
+    for i, c in enumerate(sa):
+        if c in sb and c in out:
+            n *= a.shape[i]
+    return n
+
+
+def _batch_unrolled(spec: str, a: Array, b: Array, batch: list[str]) -> Array:
+    """A batched einsum as one unbatched f32-accumulating dot per batch element, stacked.
+
+    XLA:CPU converts a batched bf16 dot to f32 (only unbatched bf16 x bf16 -> f32 dots reach YNNPACK's bf16
+    kernels, and its batched dot runtime rejects that type): attention's ``bhqk,bkhd->bqhd`` runs 3x faster
+    unrolled over (b, h). The logits ``bqhd,bkhd->bhqk`` are not unrolled (``_unroll``), their gradients are."""
+    ins, out = spec.split("->")
+    sa, sb = ins.split(",")
+    sizes = [a.shape[sa.index(c)] for c in batch]
+    n = _batch_size(spec, a)
+    at = jnp.transpose(a, [sa.index(c) for c in batch] + [i for i, c in enumerate(sa) if c not in batch])
+    bt = jnp.transpose(b, [sb.index(c) for c in batch] + [i for i, c in enumerate(sb) if c not in batch])
+    at = at.reshape(n, *at.shape[len(batch):])
+    bt = bt.reshape(n, *bt.shape[len(batch):])
+    sa2, sb2 = (t.translate({ord(c): None for c in batch}) for t in (sa, sb))
+    out2 = out.translate({ord(c): None for c in batch})
+    y = jnp.stack([_einsum_f32(f"{sa2},{sb2}->{out2}", at[i], bt[i]) for i in range(n)])
+    y = y.reshape(*sizes, *y.shape[1:])
+    order = batch + list(out2)
+    return y if "".join(order) == out else jnp.transpose(y, [order.index(c) for c in out])
+
+
 def _supported(spec: str) -> bool:
-    """Specs ``_einsum_f32`` handles: two operands, no ellipsis or repeated index, every index in two terms."""
+    """Specs ``_einsum_f32`` handles: two operands, no ellipsis or repeated index, every index in two terms (or
+    three: a batch index)."""
     if "..." in spec or "->" not in spec or spec.count(",") != 1:
         return False
     ins, out = spec.split("->")
     terms = [*ins.split(","), out]
     if any(len(set(t)) != len(t) for t in terms):
         return False
-    return all(sum(c in t for t in terms) == 2 for c in set("".join(terms)))
+    return all(sum(c in t for t in terms) >= 2 for c in set("".join(terms)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -100,7 +153,8 @@ def _f32acc_einsum_fwd(spec: str, a: Array, b: Array) -> tuple[Array, tuple[Arra
 
 
 def _f32acc_einsum_bwd(spec: str, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
-    # For C = einsum(A,B) with every index in two of A, B, C: dA = einsum(C,B->A), dB = einsum(A,C->B).
+    # For C = einsum(A,B) with every index in two of A, B, C (or in all three: batch): dA = einsum(C,B->A),
+    # dB = einsum(A,C->B).
     a, b = res
     ins, out = spec.split("->")
     sa, sb = ins.split(",")

@@ -192,8 +192,10 @@ def test_precast_kernels_change_no_bit_of_a_bf16_model_and_keep_float32_untouche
     ("1x1", (2, 4, 4, 8), (1, 1), (1, 1), ((0, 0), (0, 0))),
     ("1d stride 2", (3, 8, 8), (3,), (2,), ((1, 1),)),
 ], ids=lambda c: c[0])
-def test_float32_conv_gradients_are_autodiffs_bit_for_bit(case):
-    """float32 convolutions keep the native forward; their hand-written gradients equal JAX's autodiff exactly."""
+def test_float32_conv_gradients_equal_autodiffs(case):
+    """float32 convolutions keep the native forward; their hand-written input gradients equal JAX's autodiff bit
+    for bit, and so do strided kernel gradients; stride-1 kernel gradients are per-tap dots, the same sums in
+    another order (float32 rounding)."""
     _, xs, k, strides, pads = case
     dn = ("NHWC", "HWIO", "NHWC") if len(xs) == 4 else ("NWC", "WIO", "NWC")
     x, w = _rand(xs, 0), _rand((*k, xs[-1], 6), 1)
@@ -203,8 +205,11 @@ def test_float32_conv_gradients_are_autodiffs_bit_for_bit(case):
 
     ref = jax.jit(jax.grad(loss(lax.conv_general_dilated), (0, 1)))(x, w)
     out = jax.jit(jax.grad(loss(cpu_matmul.conv_general_dilated), (0, 1)))(x, w)
-    for a, b in zip(out, ref, strict=True):
-        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(out[0], ref[0])
+    if any(s != 1 for s in strides):
+        np.testing.assert_array_equal(out[1], ref[1])
+    else:
+        assert _rel(out[1], ref[1]) < 1e-6
 
 
 def test_conv_gradients_inside_a_scan_stay_in_the_fast_form():

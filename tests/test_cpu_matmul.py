@@ -1,9 +1,11 @@
 """The CPU bf16 matmul path (mdm_jax.models.cpu_matmul) and the sampler's kernel pre-cast (models.precision).
 
-bf16 convolutions, Dense layers and attention einsums take f32-accumulating dots on CPU: values and gradients
-agree with float32 references to bf16 rounding, the CPU lowering really has no convolution left, float32 keeps
-the native forward (the parity path) with gradients equal to autodiff's bit for bit that stay in XLA:CPU's fast
-form inside a scan, and pre-casting kernels for sampling changes no bit of the output.
+The convolution tests here run the XLA-only path (fixture ``xla_convs``: what runs where oneDNN is not
+installed); ``test_onednn.py`` tests the oneDNN convolutions that run where it is. bf16 convolutions, Dense layers
+and attention einsums take f32-accumulating dots on CPU: values and gradients agree with float32 references to
+bf16 rounding, the CPU lowering really has no convolution left, float32 keeps the native forward (the parity
+path) with gradients equal to autodiff's bit for bit that stay in XLA:CPU's fast form inside a scan, and
+pre-casting kernels for sampling changes no bit of the output.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+@pytest.fixture
+def xla_convs(monkeypatch):
+    """The convolution paths used without oneDNN (``mdm_jax.kernels.onednn`` unavailable)."""
+    monkeypatch.setattr(cpu_matmul.onednn, "available", lambda: False)
+
+
 def _conv(fn, x, w, pads, dn):
     nd = lax.conv_dimension_numbers(x.shape, w.shape, dn)
     return fn(x, w, (1,) * (x.ndim - 2), pads, dimension_numbers=nd)
@@ -40,7 +48,7 @@ def _conv(fn, x, w, pads, dn):
     ("1x1", (2, 4, 4, 8), (1, 1, 8, 3), ((0, 0), (0, 0)), ("NHWC", "HWIO", "NHWC")),
     ("1d", (3, 16, 8), (3, 8, 8), ((1, 1),), ("NWC", "WIO", "NWC")),
 ])
-def test_tap_conv_matches_float32_conv_and_its_gradients(case):
+def test_tap_conv_matches_float32_conv_and_its_gradients(case, xla_convs):
     _, xs, ws, pads, dn = case
     x, w = _rand(xs, 0), _rand(ws, 1, 0.3)
 
@@ -63,7 +71,7 @@ def test_tap_conv_matches_float32_conv_and_its_gradients(case):
     assert _rel(gx, rx) < 2e-2 and _rel(gw, rw) < 2e-2
 
 
-def test_cpu_lowering_has_no_convolution_in_bf16_and_keeps_it_in_float32():
+def test_cpu_lowering_has_no_convolution_in_bf16_and_keeps_it_in_float32(xla_convs):
     x, w = _rand((1, 8, 8, 16), 0), _rand((3, 3, 16, 16), 1)
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -86,7 +94,7 @@ def test_cpu_lowering_has_no_convolution_in_bf16_and_keeps_it_in_float32():
     ("odd stride 2", (2, 15, 15, 8), (3, 3), (2, 2), ((1, 1), (1, 1))),
     ("1d stride 2", (3, 8, 8), (3,), (2,), ((1, 1),)),
 ], ids=lambda c: c[0])
-def test_strided_bf16_conv_is_the_native_forward_with_float32_accurate_gradients(case):
+def test_strided_bf16_conv_is_the_native_forward_with_float32_accurate_gradients(case, xla_convs):
     _, xs, k, strides, pads = case
     dn = ("NHWC", "HWIO", "NHWC") if len(xs) == 4 else ("NWC", "WIO", "NWC")
     x, w = _rand(xs, 0).astype(BF16), _rand((*k, xs[-1], 6), 1, 0.3).astype(BF16)
@@ -192,7 +200,7 @@ def test_precast_kernels_change_no_bit_of_a_bf16_model_and_keep_float32_untouche
     ("1x1", (2, 4, 4, 8), (1, 1), (1, 1), ((0, 0), (0, 0))),
     ("1d stride 2", (3, 8, 8), (3,), (2,), ((1, 1),)),
 ], ids=lambda c: c[0])
-def test_float32_conv_gradients_equal_autodiffs(case):
+def test_float32_conv_gradients_equal_autodiffs(case, xla_convs):
     """float32 convolutions keep the native forward; their hand-written input gradients equal JAX's autodiff bit
     for bit, and so do strided kernel gradients; stride-1 kernel gradients are per-tap dots, the same sums in
     another order (float32 rounding)."""
@@ -212,7 +220,7 @@ def test_float32_conv_gradients_equal_autodiffs(case):
         assert _rel(out[1], ref[1]) < 1e-6
 
 
-def test_conv_gradients_inside_a_scan_stay_in_the_fast_form():
+def test_conv_gradients_inside_a_scan_stay_in_the_fast_form(xla_convs):
     """Inside a ``lax.scan`` (gradient accumulation) XLA:CPU leaves autodiff's convolution gradients in their raw
     form (kernel gradient ``f01b_i01o->01bf``, input gradient with a flipped ``01oi`` kernel) and runs them as
     naive loops, 10-30x slower; ours reach the compiled loop body as plain NHWC x HWIO convolutions."""

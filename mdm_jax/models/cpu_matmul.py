@@ -1,4 +1,7 @@
-"""bf16 matmuls and convolutions that reach the CPU's bf16 units (AMX / AVX512-BF16) through XLA:CPU.
+"""Matmuls and convolutions that reach the CPU's vector and bf16 units (AVX-512 / AMX) through XLA:CPU.
+
+Convolutions (2-d, f32 or bf16) run on oneDNN where it is installed (``mdm_jax.kernels.onednn``, the ``cpu``
+extra): forward and both gradients are FFI custom calls, 2-6x XLA:CPU's own. Without oneDNN, the paths below.
 
 XLA:CPU (jaxlib 0.10) hands a dot to YNNPACK's bf16 kernels only when it is bf16 x bf16 -> **f32**; a bf16-output
 dot runs on Eigen (4-8x slower here), and every bf16 convolution is converted to f32 (``../shared/design/stack.md``
@@ -15,10 +18,12 @@ are written out in forms XLA:CPU runs fast, which it does not find by itself ins
 accumulation; see ``_kernel_grad``): the input gradient and strided kernel gradients with autodiff's numbers, the
 stride-1 kernel gradient as one dot per tap (3x faster than XLA's convolution for it, the same sums in another
 order). Batched bf16 einsums (attention) are unrolled into unbatched dots where that pays. Accelerators keep the
-native ops: ``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics and the fp32
-parity path (the forward) are untouched. The CPU path is at least as accurate as the native bf16 op (f32
+native ops: ``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics are untouched;
+the fp32 forward on CPU is XLA's own convolution without oneDNN and oneDNN's strict-f32 one with it (the same sums
+in another order; the parity command passes with either). The CPU path is at least as accurate as the native bf16 op (f32
 accumulation, one rounding at the end).
-Set ``ENABLED = False`` (or ``MDM_CPU_NATIVE_BF16=1``) for the native ops everywhere (A/B benchmarks).
+Set ``ENABLED = False`` (or ``MDM_CPU_NATIVE_BF16=1``) for the native ops everywhere, ``MDM_CPU_ONEDNN=0`` for the
+XLA-only paths (A/B benchmarks).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from mdm_jax.kernels import onednn
 
 Array = jax.Array
 
@@ -339,6 +346,26 @@ def _f32_conv_bwd(strides: tuple[int, ...], pads: tuple[tuple[int, int], ...], r
 _f32_conv.defvjp(_f32_conv_fwd, _f32_conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _onednn_conv(x: Array, w: Array, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...]) -> Array:
+    return onednn.conv(x, w, strides, pads)
+
+
+def _onednn_conv_fwd(x: Array, w: Array, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...]):
+    return onednn.conv(x, w, strides, pads), (x, w)
+
+
+def _onednn_conv_bwd(strides: tuple[int, ...], pads: tuple[tuple[int, int], ...], res: tuple[Array, Array],
+                     g: Array) -> tuple[Array, Array]:
+    x, w = res
+    g = g.astype(x.dtype)
+    return (onednn.conv_input_grad(g, w, x.shape, strides, pads),
+            onednn.conv_kernel_grad(x, g, w.shape, strides, pads).astype(w.dtype))
+
+
+_onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
+
+
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1,
@@ -359,6 +386,9 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
         return native(lhs, rhs)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(int(s) for s in window_strides)
+    if (lhs.ndim == 4 and lhs.dtype == rhs.dtype and lhs.dtype in (jnp.float32, jnp.bfloat16) and precision is None
+            and preferred_element_type in (None, lhs.dtype) and onednn.available()):
+        return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _onednn_conv(x, w, strides, pads), default=native)
     if lhs.dtype == rhs.dtype == jnp.float32 and preferred_element_type in (None, jnp.float32) and precision is None:
         return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _f32_conv(x, w, strides, pads), default=native)
     if not (_is_bf16(lhs, rhs) and preferred_element_type in (None, jnp.bfloat16)):

@@ -127,11 +127,14 @@ std::shared_ptr<Plan> GetPlan(const Key& k) {
   return cache.emplace(k, plan).first->second;
 }
 
-// Per-thread buffers, grown on demand: the primitive's scratchpad and the reordered kernel.
-std::vector<char>& ThreadBuffer(int which, size_t bytes) {
+// Per-thread buffers, grown on demand and 64-byte aligned (oneDNN's preference): the primitive's scratchpad and
+// the reordered kernel.
+void* ThreadBuffer(int which, size_t bytes) {
+  constexpr size_t kAlign = 64;
   thread_local std::vector<char> bufs[2];
-  if (bufs[which].size() < bytes) bufs[which].resize(bytes);
-  return bufs[which];
+  if (bufs[which].size() < bytes + kAlign) bufs[which].resize(bytes + kAlign);
+  auto p = reinterpret_cast<uintptr_t>(bufs[which].data());
+  return reinterpret_cast<void*>((p + kAlign - 1) & ~(kAlign - 1));
 }
 
 // act: the N-H-W-C operand (x, or the output cotangent g for backward-data); other: the HWIO kernel, or g for
@@ -171,21 +174,23 @@ ffi::Error Run(Mode mode, ffi::AnyBuffer act, ffi::AnyBuffer other, ffi::Result<
     k.oh = b[1]; k.ow = b[2];
     x_ptr = act.untyped_data(); w_ptr = nullptr; g_ptr = other.untyped_data();
   }
+  // One convolution at a time: each already uses every core (OpenMP), and XLA may start independent ones (the two
+  // gradients of a layer, or several virtual CPU devices) on different threads, each with its own OpenMP team.
+  static std::mutex run_mu;
+  std::lock_guard<std::mutex> run_lock(run_mu);
   try {
     auto plan = GetPlan(k);
     auto& eng = Engine();
     dnnl::stream strm(eng);
     using tag = memory::format_tag;
     const memory::dims src{k.n, k.c, k.h, k.w}, dst{k.n, k.o, k.oh, k.ow};
-    auto& scratch = ThreadBuffer(0, plan->scratch_bytes);
-    memory scratch_mem(dnnl::memory::desc({static_cast<int64_t>(plan->scratch_bytes)}, memory::data_type::u8,
-                                          tag::a), eng, scratch.data());
+    memory scratch_mem(memory::desc({static_cast<int64_t>(plan->scratch_bytes)}, memory::data_type::u8, tag::a),
+                       eng, ThreadBuffer(0, plan->scratch_bytes));
     memory wei_user(plan->wei_user_md, eng, mode == kBackwardWeights ? out->untyped_data()
                                                                         : const_cast<void*>(w_ptr));
     memory wei = wei_user;
     if (plan->reorder_weights) {
-      auto& wbuf = ThreadBuffer(1, plan->wei_prim_md.get_size());
-      wei = memory(plan->wei_prim_md, eng, wbuf.data());
+      wei = memory(plan->wei_prim_md, eng, ThreadBuffer(1, plan->wei_prim_md.get_size()));
       if (mode != kBackwardWeights) plan->wei_reorder.execute(strm, wei_user, wei);
     }
     if (mode == kForward) {
@@ -206,7 +211,7 @@ ffi::Error Run(Mode mode, ffi::AnyBuffer act, ffi::AnyBuffer other, ffi::Result<
       if (plan->reorder_weights) plan->wei_reorder.execute(strm, wei, wei_user);
     }
     strm.wait();
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc from the buffers
     return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
   }
   return ffi::Error::Success();

@@ -20,8 +20,8 @@ stride-1 kernel gradient as one dot per tap (3x faster than XLA's convolution fo
 order). Batched bf16 einsums (attention) are unrolled into unbatched dots where that pays. Accelerators keep the
 native ops: ``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics are untouched;
 the fp32 forward on CPU is XLA's own convolution without oneDNN and oneDNN's strict-f32 one with it (the same sums
-in another order; the parity command passes with either). The CPU path is at least as accurate as the native bf16 op (f32
-accumulation, one rounding at the end).
+in another order; the parity command passes with either). The CPU path is at least as accurate as the native bf16
+op (f32 accumulation, one rounding at the end).
 Set ``ENABLED = False`` (or ``MDM_CPU_NATIVE_BF16=1``) for the native ops everywhere, ``MDM_CPU_ONEDNN=0`` for the
 XLA-only paths (A/B benchmarks).
 """

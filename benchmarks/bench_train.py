@@ -25,6 +25,7 @@ Findings on the 2-core CPU machines (see the report in the commit log / README o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -175,7 +176,8 @@ def build_step(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(abstract, batch, {}).compile()
     compile_s = time.perf_counter() - t0
-    host_memory.release_freed_heap()  # as the trainer does after compiling
+    jax.clear_caches()  # as the trainer does after compiling
+    host_memory.release_freed_heap()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     mem = compiled.memory_analysis()
@@ -184,7 +186,20 @@ def build_step(args: argparse.Namespace) -> dict:
     return {"compiled": compiled, "batch": batch, "compile_s": compile_s, "xla_memory_gb": mem_gb,
             "grad_accum": int(phase.grad_accum_steps),
             "flops": float(cost.get("flops", float("nan"))),
-            "init_state": jax.jit(lambda k: state_lib.init_state(model.init(k, batch), tx))}
+            "init_state": functools.partial(
+                _init_state, jax.jit(lambda k: state_lib.init_state(model.init(k, batch), tx)))}
+
+
+def _init_state(init, key):
+    """The state, then the init's freed heap handed back (the trainer compiles after creating its state, and trims
+    after compiling)."""
+    import jax
+
+    from mdm_jax.training import host_memory
+
+    state = jax.block_until_ready(init(key))
+    host_memory.release_freed_heap()
+    return state
 
 
 def run_one(args: argparse.Namespace) -> dict:

@@ -91,6 +91,14 @@ def test_cpu_lowering_calls_onednn_for_the_convolution_and_both_gradients():
         assert "convolution(" not in hlo
 
 
+def test_negative_padding_keeps_xlas_convolution():
+    x, w = _rand((1, 8, 8, 4), 0), _rand((3, 3, 4, 4), 1)
+    conv = jax.jit(lambda x, w: cpu_matmul.conv_general_dilated(x, w, (1, 1), ((-1, 1), (1, 1)), dimension_numbers=DN))
+    assert "mdm_onednn" not in conv.lower(x, w).as_text()
+    ref = lax.conv_general_dilated(x, w, (1, 1), ((-1, 1), (1, 1)), dimension_numbers=DN)
+    np.testing.assert_array_equal(conv(x, w), ref)
+
+
 def test_repeated_calls_are_bit_identical_and_scan_equals_the_unrolled_sum():
     x, w = _rand((3, 2, 16, 16, 8), 0), _rand((3, 3, 8, 8), 1)
 

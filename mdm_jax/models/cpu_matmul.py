@@ -387,7 +387,8 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
     strides = tuple(int(s) for s in window_strides)
     if (lhs.ndim == 4 and lhs.dtype == rhs.dtype and lhs.dtype in (jnp.float32, jnp.bfloat16) and precision is None
-            and preferred_element_type in (None, lhs.dtype) and onednn.available()):
+            and preferred_element_type in (None, lhs.dtype) and min(min(p) for p in pads) >= 0  # oneDNN: no crops
+            and onednn.available()):
         return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _onednn_conv(x, w, strides, pads), default=native)
     if lhs.dtype == rhs.dtype == jnp.float32 and preferred_element_type in (None, jnp.float32) and precision is None:
         return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _f32_conv(x, w, strides, pads), default=native)

@@ -33,7 +33,7 @@ dnnl::engine& Engine() {
 // One cached plan: the primitive, and the reorder between the user's HWIO kernel and the primitive's layout.
 struct Plan {
   dnnl::primitive prim;
-  memory::desc act_md, act2_md, wei_user_md, wei_prim_md;
+  memory::desc wei_user_md, wei_prim_md;
   bool reorder_weights = false;
   dnnl::reorder wei_reorder;
   size_t scratch_bytes = 0;
@@ -74,7 +74,9 @@ std::shared_ptr<Plan> MakePlan(const Key& k) {
   auto plan = std::make_shared<Plan>();
   // The forward hint (needed by both backward primitives) runs in the activations' type.
   auto fwd_dst = k.mode == kForward ? out : act;
-  auto wei_any = memory::desc(wei, k.mode == kBackwardWeights ? out : act, tag::any);
+  // The kernel (or its gradient) as the user holds it: HWIO, in the activations' type (the gradient: the output's).
+  const auto wei_dt = k.mode == kBackwardWeights ? out : act;
+  plan->wei_user_md = memory::desc(wei, wei_dt, tag::hwio);
   auto fwd = dnnl::convolution_forward::primitive_desc(
       eng, k.mode == kForward ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training,
       dnnl::algorithm::convolution_direct, memory::desc(src, act, tag::nhwc),
@@ -84,7 +86,6 @@ std::shared_ptr<Plan> MakePlan(const Key& k) {
     plan->prim = dnnl::convolution_forward(fwd);
     prim_wei = fwd.weights_desc();
     plan->scratch_bytes = fwd.scratchpad_desc().get_size();
-    plan->wei_user_md = memory::desc(wei, act, tag::hwio);
   } else if (k.mode == kBackwardData) {
     auto bwd = dnnl::convolution_backward_data::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, memory::desc(src, out, tag::nhwc), memory::desc(wei, act, tag::any),
@@ -92,15 +93,14 @@ std::shared_ptr<Plan> MakePlan(const Key& k) {
     plan->prim = dnnl::convolution_backward_data(bwd);
     prim_wei = bwd.weights_desc();
     plan->scratch_bytes = bwd.scratchpad_desc().get_size();
-    plan->wei_user_md = memory::desc(wei, act, tag::hwio);
   } else {
     auto bwd = dnnl::convolution_backward_weights::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, memory::desc(src, act, tag::nhwc), wei_any,
+        eng, dnnl::algorithm::convolution_direct, memory::desc(src, act, tag::nhwc),
+        memory::desc(wei, wei_dt, tag::any),
         memory::desc(dst, act, tag::nhwc), strides, pad_l, pad_r, fwd, attr);
     plan->prim = dnnl::convolution_backward_weights(bwd);
     prim_wei = bwd.diff_weights_desc();
     plan->scratch_bytes = bwd.scratchpad_desc().get_size();
-    plan->wei_user_md = memory::desc(wei, out, tag::hwio);
   }
   plan->wei_prim_md = prim_wei;
   plan->reorder_weights = prim_wei != plan->wei_user_md;

@@ -328,6 +328,10 @@ class Worker:
             # No up-front grab of 75% of GPU memory: the peak is then what the step needs, and the torch worker
             # can run next to this one.
             env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            if spec["device"] == "cpu":
+                # JAX's CPU backend only, as torch runs without CUDA: with the `tpu` extra installed JAX would
+                # otherwise load and probe libtpu (0.1 GiB of RSS, and a page of warnings) on a machine without one.
+                env.setdefault("JAX_PLATFORMS", "cpu")
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"{spec['case']['name'].replace(':', '_')}.{impl}.log")
         self.log = open(self.log_path, "w")

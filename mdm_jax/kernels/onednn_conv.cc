@@ -127,12 +127,17 @@ std::shared_ptr<Plan> GetPlan(const Key& k) {
   return cache.emplace(k, plan).first->second;
 }
 
-// Per-thread buffers, grown on demand and 64-byte aligned (oneDNN's preference): the primitive's scratchpad and
-// the reordered kernel.
-void* ThreadBuffer(int which, size_t bytes) {
+// The two working buffers (the primitive's scratchpad, the kernel in the primitive's layout), grown on demand and
+// 64-byte aligned (oneDNN's preference). Shared by all threads: convolutions run one at a time (``run_mu``), so one
+// set serves them all (per-thread sets cost a second set of the largest sizes, ~0.1 GiB for MDM-S64).
+void* SharedBuffer(int which, size_t bytes) {
   constexpr size_t kAlign = 64;
-  thread_local std::vector<char> bufs[2];
-  if (bufs[which].size() < bytes + kAlign) bufs[which].resize(bytes + kAlign);
+  static std::vector<char> bufs[2];
+  if (bufs[which].size() < bytes + kAlign) {
+    bufs[which].clear();
+    bufs[which].shrink_to_fit();  // free the old one first: never both at once
+    bufs[which].resize(bytes + kAlign);
+  }
   auto p = reinterpret_cast<uintptr_t>(bufs[which].data());
   return reinterpret_cast<void*>((p + kAlign - 1) & ~(kAlign - 1));
 }
@@ -185,12 +190,12 @@ ffi::Error Run(Mode mode, ffi::AnyBuffer act, ffi::AnyBuffer other, ffi::Result<
     using tag = memory::format_tag;
     const memory::dims src{k.n, k.c, k.h, k.w}, dst{k.n, k.o, k.oh, k.ow};
     memory scratch_mem(memory::desc({static_cast<int64_t>(plan->scratch_bytes)}, memory::data_type::u8, tag::a),
-                       eng, ThreadBuffer(0, plan->scratch_bytes));
+                       eng, SharedBuffer(0, plan->scratch_bytes));
     memory wei_user(plan->wei_user_md, eng, mode == kBackwardWeights ? out->untyped_data()
                                                                         : const_cast<void*>(w_ptr));
     memory wei = wei_user;
     if (plan->reorder_weights) {
-      wei = memory(plan->wei_prim_md, eng, ThreadBuffer(1, plan->wei_prim_md.get_size()));
+      wei = memory(plan->wei_prim_md, eng, SharedBuffer(1, plan->wei_prim_md.get_size()));
       if (mode != kBackwardWeights) plan->wei_reorder.execute(strm, wei_user, wei);
     }
     if (mode == kForward) {

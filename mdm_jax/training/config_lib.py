@@ -49,7 +49,7 @@ def optimizer(**overrides: Any) -> ConfigDict:
         # new weights are never averaged with their initialisation); False: ml-mdm's fixed decay from step 0,
         # whose average is mostly initialisation for ~1/(1-ema_decay) steps
         ema_warmup=True,
-        mu_dtype="",  # '' keeps float32; 'bfloat16' halves the first-moment memory
+        mu_dtype="",  # '' keeps float32; 'bfloat16' halves the first-moment memory (updates use the stored moment)
     ))
     cfg.update(overrides)
     return cfg

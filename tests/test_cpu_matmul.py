@@ -258,3 +258,51 @@ def test_conv_gradients_inside_a_scan_stay_in_the_fast_form(xla_convs):
     assert conv_forms_of(strided.lower(wb, xb)) == {"b01f_01io->b01f"}
     # Same sums in another order (Eigen vs the naive loops): equal to float32 rounding of the largest entry.
     assert _rel(accumulated(cpu_matmul.conv_general_dilated)(w, x), accumulated(lax.conv_general_dilated)(w, x)) < 1e-5
+
+
+@pytest.mark.parametrize("lk,masked", [(12, False), (7, True)])
+def test_bf16_attention_per_head_pair_matches_float32_and_its_gradients(lk, masked):
+    """bf16 attention on CPU runs per (batch, head) pair with a hand-written backward pass: values and gradients
+    within bf16 rounding of float32 attention on the same (rounded) inputs; masked keys get no gradient, a fully
+    masked row attends uniformly; the lowering holds only unbatched bf16 dots."""
+    from mdm_jax.models.layers import multi_head_attention
+
+    b, lq, c, heads = 3, 10, 16, 2
+    q, k, v = _rand((b, lq, c), 0), _rand((b, lk, c), 1), _rand((b, lk, c), 2)
+    mask = jnp.asarray(np.array([[1] * lk, [1] * 3 + [0] * (lk - 3), [0] * lk], np.float32)) if masked else None
+    ct = _rand((b, lq, c), 3)
+
+    def ours(q, k, v):
+        out = multi_head_attention(q.astype(BF16), k.astype(BF16), v.astype(BF16), heads, mask)
+        return jnp.sum(out.astype(jnp.float32) * ct), out
+
+    def ref(q, k, v):
+        q, k, v = (x.astype(BF16).astype(jnp.float32) for x in (q, k, v))
+        qh, kh, vh = (x.reshape(b, -1, heads, c // heads) for x in (q, k, v))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / np.sqrt(c // heads)
+        if mask is not None:
+            logits = jnp.where(mask[:, None, None, :] > 0, logits, jnp.finfo(jnp.float32).min)
+        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), vh).reshape(b, lq, c)
+        return jnp.sum(out * ct), out
+
+    assert cpu_matmul.unrolled_attention_applies(q.astype(BF16).reshape(b, lq, heads, -1), heads)
+    (_, out), grads = jax.jit(jax.value_and_grad(ours, (0, 1, 2), has_aux=True))(q, k, v)
+    (_, out_r), grads_r = jax.value_and_grad(ref, (0, 1, 2), has_aux=True)(q, k, v)
+    assert out.dtype == BF16 and _rel(out, out_r) < 1e-2
+    for g, r in zip(grads, grads_r, strict=True):
+        assert _rel(g, r) < 3e-2
+    if masked:
+        assert float(jnp.abs(grads[1][1, 3:]).max()) == 0.0 and float(jnp.abs(grads[2][1, 3:]).max()) == 0.0
+        np.testing.assert_allclose(np.asarray(out[2], np.float32), np.asarray(out_r[2]), rtol=2e-2, atol=2e-2)
+    hlo = jax.jit(jax.grad(lambda *a: ours(*a)[0], (0, 1, 2))).lower(q, k, v).as_text()
+    dots = [ln for ln in hlo.splitlines() if "dot_general" in ln]
+    assert dots and all("batching_dims" not in d and "bf16" in d.split("->")[0] for d in dots)
+
+
+def test_float32_attention_keeps_the_batched_ops():
+    from mdm_jax.models.layers import multi_head_attention
+
+    q = _rand((2, 6, 8), 0)
+    hlo = jax.jit(lambda q: multi_head_attention(q, q, q, 2)).lower(q).as_text()
+    assert sum("dot_general" in ln and "batching_dims" in ln for ln in hlo.splitlines()) == 2
+    assert not cpu_matmul.unrolled_attention_applies(q.reshape(2, 6, 2, 4), 2)

@@ -91,11 +91,21 @@ def multi_head_attention(q: Array, k: Array, v: Array, num_heads: int, mask: Arr
     q = (q * scale).reshape(b, lq, num_heads, ch)
     k = (k * scale).reshape(b, k.shape[1], num_heads, ch)
     v = v.reshape(b, v.shape[1], num_heads, ch)
+    masks = () if mask is None else (mask,)
+    if cpu_matmul.unrolled_attention_applies(q, num_heads):  # bf16 on CPU: per (batch, head) dots
+        out = jax.lax.platform_dependent(q, k, v, *masks, cpu=cpu_matmul.attention, default=_batched_attention)
+    else:
+        out = _batched_attention(q, k, v, *masks)
+    return out.reshape(b, lq, c)
+
+
+def _batched_attention(q: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
+    """(B, L, heads, ch) attention as two batched einsums (accelerators; float32 on CPU)."""
     logits = cpu_matmul.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask[:, None, None, :] > 0, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return cpu_matmul.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, lq, c)
+    return cpu_matmul.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 def frame_rows(temb: Array, rows: int) -> Array:

@@ -17,7 +17,8 @@ produce f32 x bf16 dots, which fall back to f32). In float32 the convolution its
 are written out in forms XLA:CPU runs fast, which it does not find by itself inside a ``lax.scan`` (gradient
 accumulation; see ``_kernel_grad``): the input gradient and strided kernel gradients with autodiff's numbers, the
 stride-1 kernel gradient as one dot per tap (3x faster than XLA's convolution for it, the same sums in another
-order). Batched bf16 einsums (attention) are unrolled into unbatched dots where that pays. Accelerators keep the
+order). Batched bf16 einsums are unrolled into unbatched dots where that pays, and bf16 attention runs per
+(batch, head) pair with its own backward pass (``attention``). Accelerators keep the
 native ops: ``jax.lax.platform_dependent`` picks the CPU branch at lowering, so TPU/GPU numerics are untouched;
 the fp32 forward on CPU is XLA's own convolution without oneDNN and oneDNN's strict-f32 one with it (the same sums
 in another order; the parity command passes with either). The CPU path is at least as accurate as the native bf16
@@ -424,8 +425,8 @@ def attention(q: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
     Why: XLA:CPU has no batched bf16 dot, so attention's batched logits run as an f32 dot (Eigen; 100-480 ms per
     32x32 layer of S64 at batch 4) and its softmax gradient materialises full-size broadcasts. Here every (batch,
     head) pair is two unbatched bf16 x bf16 -> f32 dots (YNNPACK, AMX) around an f32 softmax, with a hand-written
-    backward pass (gradients stacked per pair; autodiff's transposed slices become a 32-operand sum per element):
-    1.6-2.1x faster forward and 1.3-2.1x with gradients for S64's shapes (README, Benchmarks). The logits stay f32
+    backward pass (gradients stacked per pair; autodiff's transposed slices become a 32-operand sum per
+    element): 1.3-2.5x faster forward and 1.2-2.1x with gradients at S64's shapes (``bench_attention.py``). The logits stay f32
     (the batched path rounds them to bf16); the probabilities are rounded to bf16 once, for the second dot, and the
     backward pass uses them as rounded."""
     keep = jnp.ones((q.shape[0], k.shape[1]), jnp.float32) if mask is None else mask.astype(jnp.float32)

@@ -426,9 +426,9 @@ def attention(q: Array, k: Array, v: Array, mask: Array | None = None) -> Array:
     32x32 layer of S64 at batch 4) and its softmax gradient materialises full-size broadcasts. Here every (batch,
     head) pair is two unbatched bf16 x bf16 -> f32 dots (YNNPACK, AMX) around an f32 softmax, with a hand-written
     backward pass (gradients stacked per pair; autodiff's transposed slices become a 32-operand sum per
-    element): 1.3-2.5x faster forward and 1.2-2.1x with gradients at S64's shapes (``bench_attention.py``). The logits stay f32
-    (the batched path rounds them to bf16); the probabilities are rounded to bf16 once, for the second dot, and the
-    backward pass uses them as rounded."""
+    element): 1.3-2.5x faster forward and 1.2-2.1x with gradients at S64's shapes (``bench_attention.py``).
+    The logits stay f32 (the batched path rounds them to bf16); the probabilities are rounded to bf16 once, for
+    the second dot, and the backward pass uses them as rounded."""
     keep = jnp.ones((q.shape[0], k.shape[1]), jnp.float32) if mask is None else mask.astype(jnp.float32)
     qt, kt, vt = (jnp.transpose(x, (0, 2, 1, 3)) for x in (q, k, v))
     out = _pairwise_attention(qt, kt, vt, keep, mask is not None)

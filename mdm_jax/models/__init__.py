@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from mdm_jax.models import cpu_reductions  # noqa: F401  (bf16 sums accumulate in f32 on CPU; see module)
 from mdm_jax.models.nested_unet import NestedUNet
 from mdm_jax.models.spec import ConfigError, UNetSpec, spec_from_config
 from mdm_jax.models.unet import UNet

@@ -3,8 +3,9 @@
 Why: XLA:CPU (jaxlib 0.10) runs a bf16/f16 ``reduce`` in the reduced type. ``jnp.sum`` upcasts first, but
 autodiff does not: the transpose of every broadcast is ``lax.reduce_sum`` in the compute dtype. In bf16 training
 that is the gradient of each bias (a sum over batch x H x W), of FiLM's scale and shift (over H x W) and of every
-other broadcast, and a bf16 running sum stops growing at 256 (its spacing there is 2): the bias gradient of a
-3x3 conv at 64x64, batch 4, came out 1024 for every channel instead of ~12,300 (``tests/test_cpu_reductions.py``).
+other broadcast, and a bf16 running sum stops growing at 256 times its terms: summed over (4, 64, 64), terms
+near 0.75 gave 1024 per channel instead of ~12,300, and a small model's bias gradients were 6-40% off
+(``tests/test_cpu_reductions.py``).
 
 So on the CPU backend only, ``reduce_sum`` of a bf16/f16 operand is lowered as convert to f32, sum, round once
 to the operand's type. Other dtypes and other backends keep JAX's own lowering; the rule is registered when

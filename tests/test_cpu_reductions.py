@@ -1,7 +1,7 @@
 """bf16/f16 sums on XLA:CPU accumulate in float32 (``mdm_jax.models.cpu_reductions``).
 
 Without it, XLA:CPU sums bf16 in bf16: the bias gradients of bf16 training (autodiff's ``reduce_sum`` over
-batch x H x W) came out 70-90% too small.
+batch x H x W) were 6-40% off on a small model, and sums over several axes 67-92% too small.
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ from mdm_jax.models import build_model, cpu_reductions
 from mdm_jax.models.spec import spec_from_config
 
 
+def _jitted_sum(axes):
+    return jax.jit(lambda a: lax.reduce_sum_p.bind(a, axes=axes, out_sharding=None))
+
+
 def _sum(x, axes):
-    return jax.jit(lambda a: lax.reduce_sum_p.bind(a, axes=axes, out_sharding=None))(x)
+    return _jitted_sum(axes)(x)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -35,10 +39,9 @@ def test_low_precision_sum_is_float32_accurate(dtype, shape, axes):
 
 def test_float32_lowering_is_jaxs_own():
     x = jnp.ones((4, 8, 8, 16), jnp.float32)
-    text = jax.jit(lambda a: lax.reduce_sum_p.bind(a, axes=(0, 1, 2), out_sharding=None)).lower(x).as_text()
+    text = _jitted_sum((0, 1, 2)).lower(x).as_text()
     assert "convert" not in text and "stablehlo.reduce" in text
-    low = jax.jit(lambda a: lax.reduce_sum_p.bind(a, axes=(0, 1, 2), out_sharding=None)).lower(
-        x.astype(jnp.bfloat16)).as_text()
+    low = _jitted_sum((0, 1, 2)).lower(x.astype(jnp.bfloat16)).as_text()
     assert "convert" in low and cpu_reductions.REGISTERED
 
 

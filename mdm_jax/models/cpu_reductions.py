@@ -39,13 +39,11 @@ def _lowering(default: Any) -> Any:
 
 
 def _register() -> bool:
-    # JAX's own (platform-independent) rule for reduce_sum; private, so fail loudly if it moves.
-    entry = getattr(mlir, "_lowerings", {}).get(lax.reduce_sum_p)
-    if entry is None:
-        from jax._src.interpreters import mlir as mlir_internal
+    from jax._src.interpreters import mlir as mlir_internal
 
-        entry = mlir_internal._lowerings[lax.reduce_sum_p]
-    mlir.register_lowering(lax.reduce_sum_p, _lowering(entry.rule), platform="cpu")
+    # JAX's own (platform-independent) rule for reduce_sum; private, so import fails loudly if it moves.
+    default = mlir_internal._lowerings[lax.reduce_sum_p].rule
+    mlir.register_lowering(lax.reduce_sum_p, _lowering(default), platform="cpu")
     return True
 
 
